@@ -1,0 +1,34 @@
+# slmkit: `make run` trains the quickstart model, `make test` runs every test.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+SLM     := $(VENV)/bin/slm
+STAMP   := $(VENV)/.installed
+RUN_DIR ?= runs/quickstart
+
+.PHONY: run test test-fast install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch FIRST and pinned: anything unpinned would pull several GB of CUDA wheels.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(SLM) run recipes/quickstart.yaml --out $(RUN_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m 'not slow' tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/data_prepare.py
+
+clean:
+	rm -rf $(RUN_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""CLI verbs, one module each. Every module exposes `register(subparsers)`."""

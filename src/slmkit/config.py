@@ -1,0 +1,394 @@
+"""Typed recipe schema, YAML loading, dotted `key=value` overrides and validation.
+
+A recipe is a YAML mapping whose sections mirror the dataclasses below. Every key is checked:
+an unknown key names itself and the closest valid key; a wrong type names key, value and type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slmkit.errors import SlmError
+from slmkit.models.config import ModelConfig
+
+DEFAULT_SPECIAL_TOKENS = [
+    "<|endoftext|>",  # document separator and end of generation
+    "<|pad|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|mask|>",  # diffusion / infilling
+]
+
+
+@dataclass
+class SourceConfig:
+    """One named data source. Which options apply depends on `type` (see slmkit.data.sources)."""
+
+    name: str = ""
+    type: str = ""
+    weight: float = 1.0  # sampling proportion in the mixture (normalised over sources)
+    path: str | None = None  # file, folder or glob; None = the source's default location
+    field: str | None = None  # jsonl: the field holding the text
+    template: str | None = None  # jsonl: "{question}\n{answer}" over fields
+    split: str = "train"  # codefusion: train | test
+    language: str | None = None  # codefusion: Bash | Python | CF
+    max_docs: int | None = None  # keep only the first N documents (after sorting)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    special_tokens: list[str] = field(default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS))
+    max_train_bytes: int = 100_000_000  # cap on text fed to the BPE trainer
+    path: str | None = None  # use this tokenizer.json instead of training one
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    seq_len: int = 256  # length of a training block
+    val_fraction: float = 0.02  # share of documents (by hash) held out for validation
+    mixture_tokens: int | None = None  # size of the train mixture; None = all unique train tokens
+    shard_tokens: int = 64_000_000  # tokens per shard file
+    dedup: bool = True  # drop exact-duplicate documents
+    workers: int = 0  # tokenizer processes; 0 = all cores
+    seed: int = 1234  # mixture sampling and shuffling
+
+
+@dataclass
+class ModelRecipe:
+    """A preset name plus any ModelConfig field to override (`model.n_layers=4`)."""
+
+    preset: str = "tiny-llama"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    max_minutes: float | None = None  # stop (and checkpoint) after this wall time
+    batch_size: int = 16  # micro-batch per process, in blocks of data.seq_len
+    grad_accum: int = 1
+    optimizer: str = "llama"  # preset: llama | phi-1_5
+    lr: float | None = None  # None = the optimizer preset's value
+    min_lr_ratio: float | None = None
+    betas: list[float] | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    schedule: str | None = None  # cosine | constant | linear | wsd
+    warmup_steps: int | None = None
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    activation_checkpointing: bool = False
+    parallel: str = "none"  # none | ddp | fsdp
+    reshard_after_forward: bool = True  # fsdp: False keeps params unsharded after forward (ZeRO-2)
+    device: str = "auto"  # auto | cpu | cuda
+    save_every: int = 200
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    keep_last: int = 3
+    seed: int = 1337
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    init_from: str | None = None  # checkpoint / HF folder to start from (fine-tuning)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning data (task: sft). Loss only on response tokens."""
+
+    path: str | None = None  # jsonl with prompt/response pairs or chat messages
+    val_path: str | None = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    template: str = "qa"  # qa ("Question: ... Answer:") | chat ("Alice: ... Bob:") | code
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    task: str = "pretrain"  # pretrain | sft
+    stages: list[str] = field(default_factory=lambda: ["tokenizer", "data", "train", "eval", "sample", "report"])
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+VALID_TASKS = ("pretrain", "sft")
+VALID_STAGES = ("tokenizer", "data", "train", "eval", "sample", "report")
+
+
+# --------------------------------------------------------------------------- key listing
+
+
+def valid_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key the schema accepts (sections and leaves), e.g. 'train.max_steps'."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if cls is ModelRecipe and f.name == "overrides":
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(valid_keys(tp, key + "."))
+    if cls is ModelRecipe:
+        keys.extend(f"{prefix}{f.name}" for f in dataclasses.fields(ModelConfig))
+    return keys
+
+
+def _unknown_key_error(key: str, candidates: list[str]) -> SlmError:
+    leaf = key.rsplit(".", 1)[-1]
+    all_keys = valid_keys()
+    best = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not best:  # maybe the key lives in another section (data.vocab_size -> tokenizer.vocab_size)
+        by_leaf: dict[str, str] = {}
+        for k in all_keys:  # first section wins: tokenizer.vocab_size before model.vocab_size
+            by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
+        leaf_match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+        best = [by_leaf[leaf_match[0]]] if leaf_match else difflib.get_close_matches(key, all_keys, n=1, cutoff=0.4)
+    hint = f"; did you mean {best[0]!r}?" if best else ""
+    return SlmError(f"unknown recipe key {key!r}{hint}")
+
+
+# --------------------------------------------------------------------------- type coercion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert `value` to type `tp`, raising SlmError naming key, value and type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except SlmError as exc:
+                errors.append(exc)
+        raise SlmError(f"recipe key {key!r}: value {value!r} is not of type {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SlmError(f"recipe key {key!r}: expected a mapping, got {value!r}")
+        return build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise SlmError(f"recipe key {key!r}: value {value!r} is not of type list")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SlmError(f"recipe key {key!r}: value {value!r} is not of type dict")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise SlmError(f"recipe key {key!r}: value {value!r} is not of type {_type_name(tp)}")
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, validating every key and value."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    if cls is ModelRecipe:
+        model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+        model_hints = typing.get_type_hints(ModelConfig)
+        overrides = dict(data.get("overrides") or {})
+        for key, value in data.items():
+            if key in ("preset", "overrides"):
+                continue
+            overrides[key] = value
+        for key, value in list(overrides.items()):
+            if key not in model_fields:
+                raise _unknown_key_error(prefix + key, [prefix + k for k in [*model_fields, "preset"]])
+            overrides[key] = _coerce(value, model_hints[key], prefix + key)
+        preset = _coerce(data.get("preset", ModelRecipe.preset), str, prefix + "preset")
+        return ModelRecipe(preset=preset, overrides=overrides)
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in names:
+            raise _unknown_key_error(prefix + str(key), [prefix + n for n in names])
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse 'a.b.c=value' into (['a','b','c'], value); the value is read as YAML."""
+    if "=" not in text:
+        raise SlmError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise SlmError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], text: str) -> None:
+    """Apply one dotted override to a raw recipe mapping (list items by index: data.sources.0.weight)."""
+    parts, value = parse_override(text)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, parts[: i + 1])
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise SlmError(f"override {text!r}: {'.'.join(parts[: i + 1])!r} is not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = _list_index(node, last, parts)
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, parts: list[str]) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        names = [item.get("name") for item in node if isinstance(item, dict)]
+        if part in names:
+            return names.index(part)
+        raise SlmError(f"override key {'.'.join(parts)!r}: {part!r} is not a list index or source name") from None
+    if not -len(node) <= idx < len(node):
+        raise SlmError(f"override key {'.'.join(parts)!r}: index {idx} out of range (list has {len(node)} items)")
+    return idx
+
+
+def _list_item(node: list, part: str, parts: list[str]) -> Any:
+    return node[_list_index(node, part, parts)]
+
+
+# --------------------------------------------------------------------------- loading / saving
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML file into a mapping, with clear errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlmError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SlmError(f"{path}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SlmError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Cross-field checks that the type system cannot express."""
+    if recipe.task not in VALID_TASKS:
+        raise SlmError(f"recipe key 'task': {recipe.task!r} is not one of {', '.join(VALID_TASKS)}")
+    for stage in recipe.stages:
+        if stage not in VALID_STAGES:
+            hint = difflib.get_close_matches(stage, VALID_STAGES, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise SlmError(f"recipe key 'stages': unknown stage {stage!r}{extra}")
+    seen = set()
+    for i, src in enumerate(recipe.data.sources):
+        if not src.name:
+            src.name = src.type or f"source{i}"
+        if src.name in seen:
+            raise SlmError(f"recipe key 'data.sources': duplicate source name {src.name!r}")
+        seen.add(src.name)
+        if not src.type:
+            raise SlmError(f"recipe key 'data.sources[{i}].type' is required")
+        if not src.weight > 0:
+            raise SlmError(f"recipe key 'data.sources[{i}].weight': weight must be > 0, got {src.weight}")
+    if recipe.data.seq_len < 2:
+        raise SlmError(f"recipe key 'data.seq_len' must be >= 2, got {recipe.data.seq_len}")
+    if not 0.0 <= recipe.data.val_fraction < 1.0:
+        raise SlmError(f"recipe key 'data.val_fraction' must be in [0, 1), got {recipe.data.val_fraction}")
+    if recipe.tokenizer.vocab_size < 256 + len(recipe.tokenizer.special_tokens):
+        need = 256 + len(recipe.tokenizer.special_tokens)
+        raise SlmError(
+            f"recipe key 'tokenizer.vocab_size': {recipe.tokenizer.vocab_size} is too small for 256 byte "
+            f"tokens plus {len(recipe.tokenizer.special_tokens)} special tokens (need >= {need})"
+        )
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, override, type-check and validate a recipe."""
+    data = load_raw(path)
+    for text in overrides:
+        apply_override(data, text)
+    return validate(build(Recipe, data))
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Build and validate a recipe from an in-memory mapping (tests, saved recipe.yaml)."""
+    return validate(build(Recipe, data))
+
+
+def to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe as plain data (model overrides flattened into the model section)."""
+    data = dataclasses.asdict(recipe)
+    model = data.pop("model")
+    data["model"] = {"preset": model["preset"], **model["overrides"]}
+    return data
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """YAML text of the fully resolved recipe."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
