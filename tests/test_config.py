@@ -78,6 +78,11 @@ def test_missing_and_malformed_recipe(tmp_path):
 def test_run_folder_refuses_different_recipe_without_force(tmp_path):
     out = tmp_path / "run"
     open_run_dir(out, load_recipe(QUICKSTART))
+    open_run_dir(out, load_recipe(QUICKSTART, ["model.n_layers=5"]))  # nothing produced yet: free
+    (out / "tokenizer.json").write_text("{}")
+    with pytest.raises(SlmError, match="different recipe"):
+        open_run_dir(out, load_recipe(QUICKSTART))
+    open_run_dir(out, load_recipe(QUICKSTART), force=True)
     open_run_dir(out, load_recipe(QUICKSTART, ["train.max_steps=5"]))  # mutable key: fine
     with pytest.raises(SlmError, match="different recipe.*model.n_layers"):
         open_run_dir(out, load_recipe(QUICKSTART, ["model.n_layers=1"]))

@@ -51,7 +51,9 @@ def open_run_dir(out: str | Path, recipe: Recipe, force: bool = False) -> Path:
     """
     out = Path(out)
     saved = out / "recipe.yaml"
-    if saved.exists() and not force:
+    # A folder holding only recipe.yaml (an earlier attempt failed before any stage wrote) is free.
+    has_products = out.is_dir() and any(p.name != "recipe.yaml" for p in out.iterdir())
+    if saved.exists() and has_products and not force:
         old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
         diff = recipe_differences(old, to_dict(recipe))
         if diff:

@@ -116,7 +116,7 @@ def train_tokenizer(recipe: Recipe, run_dir: str | Path, progress: bool = True) 
             min_frequency=cfg.min_frequency,
             special_tokens=list(cfg.special_tokens),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=progress,
+            show_progress=progress and sys.stdout.isatty(),  # it draws on stdout
         )
         tok.train_from_iterator(training_texts(recipe), trainer=trainer)
         tmp = out.with_name(f".{out.name}.tmp")
