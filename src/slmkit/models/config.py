@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+from slmkit.errors import SlmError, did_you_mean
+
+FAMILIES = ("llama", "phi")
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "gelu")
 
 
 @dataclass
@@ -34,3 +42,84 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     dropout: float = 0.0
+
+    # ------------------------------------------------------------------ derived sizes
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (d_model / n_heads)."""
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (n_kv_heads, or n_heads without grouped-query attention)."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        """MLP hidden width: d_ff, else 2/3*4d rounded up to multiple_of (swiglu) or 4d (gelu)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            hidden = int(2 * 4 * self.d_model / 3)
+            return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        return 4 * self.d_model
+
+    @property
+    def rotary_dim(self) -> int:
+        """Number of head dims that rotary embeddings rotate (even)."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    # ------------------------------------------------------------------ helpers
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A validated copy with some fields changed (unknown field names raise SlmError)."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for key in changes:
+            if key not in names:
+                raise SlmError(f"unknown model key {key!r}{did_you_mean(key, names)}")
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view of the fields."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> ModelConfig:
+        """Check cross-field constraints; raise SlmError naming the `model.` key at fault."""
+        _choice("family", self.family, FAMILIES)
+        _choice("norm", self.norm, NORMS)
+        _choice("mlp", self.mlp, MLPS)
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
+            if getattr(self, key) < 1:
+                raise SlmError(f"model key 'model.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.d_model % self.n_heads:
+            raise SlmError(
+                f"model key 'model.d_model' ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise SlmError(
+                f"model key 'model.n_kv_heads' ({self.n_kv_heads}) must divide model.n_heads ({self.n_heads})"
+            )
+        if self.d_ff is not None and self.d_ff < 1:
+            raise SlmError(f"model key 'model.d_ff' must be >= 1 or null, got {self.d_ff}")
+        if not 0.0 < self.rotary_fraction <= 1.0:
+            raise SlmError(f"model key 'model.rotary_fraction' must be in (0, 1], got {self.rotary_fraction}")
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise SlmError(
+                f"model key 'model.rotary_fraction': {self.rotary_fraction} * head_dim {self.head_dim} = "
+                f"{self.head_dim * self.rotary_fraction:g} rotary dims; it must be an even integer >= 2"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise SlmError(f"model key 'model.dropout' must be in [0, 1), got {self.dropout}")
+        if self.norm_eps <= 0 or self.init_std <= 0 or self.rope_theta <= 0:
+            raise SlmError("model keys 'model.norm_eps', 'model.init_std', 'model.rope_theta' must be > 0")
+        if self.tie_embeddings and self.lm_head_bias:
+            raise SlmError("model keys 'model.tie_embeddings' and 'model.lm_head_bias' cannot both be true")
+        return self
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SlmError(
+            f"model key 'model.{key}': {value!r} is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}"
+        )
