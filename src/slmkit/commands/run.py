@@ -1,0 +1,30 @@
+"""`slm run RECIPE`: every stage the recipe names, in order; complete outputs are reused."""
+
+from __future__ import annotations
+
+import argparse
+
+from slmkit.commands.common import add_recipe_args, recipe_and_run_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a recipe's stages (tokenizer, data, train, eval, sample, report); resumable",
+        description=(
+            "Run the stages listed in the recipe's `stages` key, in order. A stage whose output in the "
+            "run folder is complete and current is reused; training resumes from the latest checkpoint. "
+            "Choose stages with an override, e.g. stages=[eval,report]."
+        ),
+    )
+    add_recipe_args(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from slmkit.stages import results_summary, run_stages
+
+    recipe, run_dir = recipe_and_run_dir(args)
+    run_stages(recipe, run_dir)
+    print(results_summary(run_dir))
+    return 0

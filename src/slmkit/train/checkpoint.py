@@ -1,0 +1,200 @@
+"""Checkpoints in the run folder, written atomically.
+
+    OUT/ckpt/step-000200/   config.json + model.safetensors + tokenizer.json ... (an HF folder)
+                            optimizer.pt          (single process / DDP)
+                            dcp/                  (FSDP: model + optimizer shards, torch.distributed.checkpoint)
+                            trainer_state.json    (step, RNG states and data position of every rank, ...)
+    OUT/ckpt/latest         relative symlink to the newest complete checkpoint
+
+A checkpoint is assembled in `ckpt/.step-NNNNNN.tmp/` and renamed into place when every rank has
+written its part, so a kill at any moment leaves either the old or the new checkpoint, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slmkit.errors import SlmError
+from slmkit.fileio import atomic_write_json
+from slmkit.train.distributed import (
+    DistEnv,
+    barrier,
+    full_model_state_dict,
+    load_sharded_state,
+    sharded_state,
+)
+
+CKPT_DIR = "ckpt"
+LATEST = "latest"
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.pt"
+DCP_DIR = "dcp"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run (those with trainer_state.json), oldest first."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        m = _STEP_RE.match(path.name)
+        if m and path.is_dir() and not path.is_symlink() and (path / STATE_FILE).is_file():
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder (following ckpt/latest when it is valid), or None."""
+    link = Path(run_dir) / CKPT_DIR / LATEST
+    if link.is_symlink() or link.is_dir():
+        target = link.resolve()
+        if (target / STATE_FILE).is_file():
+            return target
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a step folder, `ckpt/latest`, a `ckpt/` folder or a run folder."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path.resolve()
+    for run_dir in (path, path.parent):
+        found = latest_checkpoint(run_dir)
+        if found is not None and (path == run_dir or path.name == CKPT_DIR):
+            return found
+    raise SlmError(f"{path}: no checkpoint found (expected a folder with config.json, or a run folder with ckpt/)")
+
+
+def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
+    path = Path(ckpt) / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SlmError(f"{ckpt}: not a training checkpoint (no {STATE_FILE})") from None
+    except json.JSONDecodeError as exc:
+        raise SlmError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+
+def load_model_from_checkpoint(path: str | Path, device: torch.device | str | None = None,
+                               dtype: torch.dtype | None = None) -> nn.Module:
+    """The Decoder stored in a checkpoint (step folder, ckpt/latest or run folder), in eval mode."""
+    from slmkit.interop.hf import load_hf_folder
+
+    return load_hf_folder(resolve_checkpoint(path), device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def clean_temp(run_dir: str | Path) -> None:
+    """Remove half-written checkpoints left by a killed run (rank 0 only)."""
+    root = Path(run_dir) / CKPT_DIR
+    if root.is_dir():
+        for path in root.glob(".step-*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _update_latest(root: Path, name: str) -> None:
+    tmp = root / ".latest.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(name, tmp)
+    os.replace(tmp, root / LATEST)
+
+
+def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps all); returns the deleted."""
+    if keep_last <= 0:
+        return []
+    found = list_checkpoints(run_dir)
+    keep = set(found[-keep_last:])
+    latest = latest_checkpoint(run_dir)
+    deleted = [p for p in found if p not in keep and p != latest]
+    for path in deleted:
+        shutil.rmtree(path, ignore_errors=True)
+    return deleted
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    parallel: str, env: DistEnv, trainer_state: dict[str, Any], keep_last: int,
+                    tokenizer_file: Path | None = None, chat_template: str | None = None) -> Path:
+    """Write ckpt/step-NNNNNN atomically (every rank must call this), point `latest` at it, prune.
+
+    The model part is an HF folder (rank 0, from the full state dict); the optimizer goes to
+    optimizer.pt, or with FSDP model + optimizer shards go to dcp/ via torch.distributed.checkpoint.
+    """
+    from slmkit.interop.hf import save_hf_folder
+
+    root = run_dir / CKPT_DIR
+    tmp = root / f".{step_name(step)}.tmp"
+    final = root / step_name(step)
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(env)
+    full_state = full_model_state_dict(model, parallel)  # collective under FSDP
+    if env.is_main:
+        save_hf_folder(model, tmp, tokenizer_file=tokenizer_file, chat_template=chat_template, state_dict=full_state)
+    del full_state
+    if parallel == "fsdp":
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded_state(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
+    elif env.is_main:
+        torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+    if env.is_main:
+        atomic_write_json(tmp / STATE_FILE, trainer_state)
+        if final.exists():  # re-saving a step (after --no-resume): replace the old folder
+            old = root / f".{step_name(step)}.old.tmp"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _update_latest(root, final.name)
+        prune(run_dir, keep_last)
+    barrier(env)
+    return final
+
+
+def load_checkpoint(ckpt: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, parallel: str,
+                    env: DistEnv) -> None:
+    """Restore model weights and optimizer state in place (after `parallelize`, before training)."""
+    if parallel == "fsdp":
+        import torch.distributed.checkpoint as dcp
+
+        if not (ckpt / DCP_DIR).is_dir():
+            raise SlmError(f"{ckpt}: no {DCP_DIR}/ shards; it was not written with train.parallel=fsdp")
+        state = sharded_state(model, optimizer)
+        dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR))
+        load_sharded_state(model, optimizer, state)
+        return
+    from slmkit.interop.hf import load_hf_folder
+
+    optim_file = ckpt / OPTIM_FILE
+    if not optim_file.is_file():
+        raise SlmError(f"{ckpt}: no {OPTIM_FILE}; it was written with train.parallel=fsdp (resume with fsdp)")
+    loaded = load_hf_folder(ckpt, device=env.device)
+    with torch.no_grad():
+        model.load_state_dict(loaded.state_dict())
+    del loaded
+    optimizer.load_state_dict(torch.load(optim_file, map_location=env.device, weights_only=True))

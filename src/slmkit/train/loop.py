@@ -1,0 +1,429 @@
+"""The training loop: `train(recipe, run_dir)` pretrains or fine-tunes a decoder and checkpoints it.
+
+One step = `grad_accum` micro-batches of `batch_size` blocks on each of the world's processes,
+then one optimizer update. The loop knows the model only through `model.loss(batch)` and
+`model.layers`; parallelism (distributed.py), checkpoints (checkpoint.py), faults (faults.py) and
+what is shown and recorded (metrics.py) live beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.train import batches as batch_sources
+from slmkit.train.checkpoint import (
+    clean_temp,
+    latest_checkpoint,
+    load_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+)
+from slmkit.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    clip_grad_norm,
+    gather_objects,
+    grad_sync,
+    init_distributed,
+    local_params,
+    parallelize,
+    shutdown,
+)
+from slmkit.train.evaluation import bits_per_byte, evaluate
+from slmkit.train.faults import BadStepTracker, FaultInjector, StopSignals
+from slmkit.train.metrics import MetricsLogger, format_postfix
+from slmkit.train.mfu import mfu as compute_mfu
+from slmkit.train.mfu import peak_flops
+from slmkit.train.optim import build_optimizer, resolve_optim_settings
+from slmkit.train.rng import rng_state, seed_everything, set_rng_state
+from slmkit.train.schedule import build_scheduler
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matmuls (AVX512-BF16 / AMX), where bf16 autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(pref: str, device: torch.device) -> str:
+    """'auto' -> bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.
+
+    Weights, gradients and optimizer states stay fp32; bf16/fp16 only autocast the computation."""
+    if pref not in PRECISIONS:
+        raise SlmError(f"recipe key 'train.precision': {pref!r} is not one of {', '.join(PRECISIONS)}")
+    if pref == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if pref == "fp16" and device.type != "cuda":
+        raise SlmError("recipe key 'train.precision': fp16 (with GradScaler) needs CUDA; use bf16 or fp32 on CPU")
+    return pref
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A factory of autocast contexts for the precision (a null context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Progress:
+    """Counters carried across steps and saved in trainer_state.json."""
+
+    step: int = 0
+    tokens: int = 0
+    train_time_s: float = 0.0
+    last: dict[str, float | None] = field(default_factory=lambda: {"loss": None, "val_loss": None, "val_bpb": None})
+
+
+def summary_from_state(state: dict[str, Any], ckpt: Path | None, stopped: str) -> dict[str, Any]:
+    """The result `train` returns, from a trainer_state mapping."""
+    last = state.get("last", {})
+    return {
+        "steps": state.get("step", 0),
+        "max_steps": state.get("max_steps"),
+        "loss": last.get("loss"),
+        "val_loss": last.get("val_loss"),
+        "val_bpb": last.get("val_bpb"),
+        "checkpoint": str(ckpt) if ckpt else None,
+        "tokens": state.get("tokens", 0),
+        "wall_time_s": round(state.get("train_time_s", 0.0), 2),
+        "skipped_steps": state.get("bad_steps", {}).get("total", 0),
+        "stopped": stopped,
+    }
+
+
+def train(recipe, run_dir: str | Path, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train per `recipe.train` into `run_dir`, resuming from its latest checkpoint when `resume`.
+
+    Runs the data stage first when run_dir/data/manifest.json is missing. Returns a summary
+    (steps, loss, val_loss, val_bpb, checkpoint, tokens, wall_time_s, skipped_steps, stopped) where
+    stopped is 'complete', 'time limit' or the signal name ('SIGINT', 'SIGTERM').
+    """
+    run_dir = Path(run_dir)
+    tc = recipe.train
+    settings = resolve_optim_settings(tc)  # validate the recipe before starting anything
+    _check_train_keys(tc)
+    env = init_distributed(tc.device, tc.parallel)
+    trainer = _Trainer(recipe, run_dir, settings, env, resume, progress)
+    clean = False
+    try:
+        result = trainer.run()
+        clean = True
+        return result
+    finally:
+        # Free the model, optimizer and wrappers (they hold the process group) while the
+        # interpreter is fully alive; gloo objects freed during interpreter teardown abort.
+        del trainer
+        gc.collect()
+        shutdown(env, clean=clean)
+
+
+def _check_train_keys(tc) -> None:
+    for key in ("max_steps", "batch_size", "grad_accum"):
+        if getattr(tc, key) < 1:
+            raise SlmError(f"recipe key 'train.{key}' must be >= 1, got {getattr(tc, key)}")
+    for key in ("save_every", "log_every", "eval_every"):
+        if getattr(tc, key) < 0:
+            raise SlmError(f"recipe key 'train.{key}' must be >= 0 (0 = never), got {getattr(tc, key)}")
+
+
+class _Trainer:
+    """State of one invocation of `train`; `run()` does setup, the loop and the final checkpoint."""
+
+    def __init__(self, recipe, run_dir: Path, settings, env: DistEnv, resume: bool, progress: bool) -> None:
+        self.recipe, self.tc, self.run_dir = recipe, recipe.train, run_dir
+        self.settings, self.env, self.resume, self.show_progress = settings, env, resume, progress
+        self.precision = resolve_precision(self.tc.precision, env.device)
+        self.autocast = autocast_for(self.precision, env.device)
+        self.faults = FaultInjector.from_env()
+        self.progress = Progress()
+        self.bad = BadStepTracker(self.tc.max_bad_steps)
+        self.log: MetricsLogger | None = None
+        self.eval_enabled = self.tc.eval_batches > 0
+
+    # ------------------------------------------------------------------ setup
+
+    def _find_checkpoint(self) -> Path | None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is not None and not self.resume:
+            raise SlmError(
+                f"{self.run_dir} already holds checkpoints (latest {ckpt.name}); resume, use another --out, "
+                f"or delete {self.run_dir / 'ckpt'} to start over"
+            )
+        return ckpt
+
+    def _build_model(self, tokenizer) -> None:
+        from slmkit.models import build_model, resolve_model_config
+
+        tc, env = self.tc, self.env
+        seed_everything(tc.seed)
+        if tc.init_from:
+            from slmkit.interop.hf import load_hf_folder
+            from slmkit.train.checkpoint import resolve_checkpoint
+
+            model = load_hf_folder(resolve_checkpoint(tc.init_from)).train()
+            if model.config.vocab_size < tokenizer.get_vocab_size():
+                raise SlmError(
+                    f"recipe key 'train.init_from': the model's vocabulary ({model.config.vocab_size}) is smaller "
+                    f"than the run's tokenizer ({tokenizer.get_vocab_size()}); use the checkpoint's tokenizer"
+                )
+        else:
+            cfg = resolve_model_config(self.recipe.model, vocab_size=tokenizer.get_vocab_size())
+            if cfg.max_seq_len < self.recipe.data.seq_len:
+                raise SlmError(
+                    f"recipe key 'data.seq_len' ({self.recipe.data.seq_len}) exceeds the model context "
+                    f"model.max_seq_len ({cfg.max_seq_len}); lower one or raise the other"
+                )
+            model = build_model(cfg)
+        model.to(env.device).train()
+        if tc.activation_checkpointing:
+            model.set_activation_checkpointing(True)
+        self.model = model
+        self.cfg = model.config
+
+    def _setup(self, ckpt: Path | None) -> None:
+        tc, env, recipe = self.tc, self.env, self.recipe
+        tokenizer = batch_sources.load_run_tokenizer(self.run_dir)
+        self._build_model(tokenizer)
+        self.step_module = parallelize(self.model, tc.parallel, env, compile=tc.compile,
+                                       reshard_after_forward=tc.reshard_after_forward)
+        self.params = local_params(self.model)
+        self.optimizer = build_optimizer(self.model, self.settings)
+        self.scheduler = build_scheduler(self.optimizer, self.settings, tc.max_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.loader = batch_sources.train_loader(recipe, self.run_dir, tokenizer, tc.batch_size, tc.seed,
+                                                 env.rank, env.world_size)
+        self.tokenizer = tokenizer
+        self.bytes_per_token = batch_sources.val_bytes_per_token(recipe, self.run_dir)
+        self.chat_template = None
+        if recipe.task == "sft":
+            from slmkit.data.sft import chat_template
+
+            self.chat_template = chat_template(recipe.sft.template)
+        if ckpt is not None:
+            self._restore(ckpt)
+        from slmkit.models.accounting import flops_per_token
+
+        self.flops_per_token = flops_per_token(self.cfg, recipe.data.seq_len, training=True)
+        self.peak = peak_flops(env.device, self.precision) if env.is_main else None
+
+    def _restore(self, ckpt: Path) -> None:
+        state = read_trainer_state(ckpt)
+        if state.get("world_size", 1) != self.env.world_size:
+            raise SlmError(
+                f"{ckpt} was written by {state.get('world_size')} processes; resume with the same number "
+                f"(now {self.env.world_size})"
+            )
+        load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, parallel=self.tc.parallel, env=self.env)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        mine = state["ranks"][self.env.rank]
+        self.loader.load_state_dict(mine["data"])
+        set_rng_state(mine["rng"])
+        self.bad.load_state_dict(state.get("bad_steps", {}))
+        self.progress = Progress(step=state["step"], tokens=state.get("tokens", 0),
+                                 train_time_s=state.get("train_time_s", 0.0),
+                                 last=dict(state.get("last", self.progress.last)))
+
+    # ------------------------------------------------------------------ one step
+
+    def _train_step(self, step: int) -> tuple[float, float, int]:
+        """Forward/backward over the micro-batches and (if all is finite) one update.
+
+        Returns (global mean loss, grad norm, tokens processed by all ranks)."""
+        tc, env = self.tc, self.env
+        loss_sum = torch.zeros((), device=env.device)
+        tokens = 0
+        factor = self.faults.loss_factor(step)
+        for micro in range(tc.grad_accum):
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in self.loader.next_batch().items()}
+            tokens += batch["input_ids"].numel()
+            with grad_sync(self.step_module, self.model, tc.parallel, sync=micro == tc.grad_accum - 1):
+                with self.autocast():
+                    loss = self.step_module(batch)
+                if factor != 1.0:
+                    loss = loss * factor
+                scaled = loss / tc.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach()
+        self.faults.mid_step(step)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = float(clip_grad_norm(self.params, self.settings.grad_clip))
+        # one small all-reduce per step: mean loss, tokens and stop votes (on the device: NCCL needs it)
+        shared = torch.tensor([float(loss_sum) / tc.grad_accum, tokens, self._stop_vote()], dtype=torch.float64,
+                              device=env.device)
+        all_reduce_sum(shared, env)
+        loss_value = float(shared[0]) / env.world_size
+        self._stop_votes = float(shared[2])
+        loss_ok, grad_ok = math.isfinite(loss_value), math.isfinite(grad_norm)
+        if self.scaler is not None:  # fp16: an overflowing gradient is normal; the scaler skips it
+            if loss_ok:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+            finite = loss_ok
+        else:
+            finite = loss_ok and grad_ok
+            if finite:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._lr = self.optimizer.param_groups[0]["lr"]  # the lr this update used
+        self.scheduler.step()
+        self.bad.record(finite)
+        self._skipped = not (loss_ok and grad_ok)
+        return loss_value, grad_norm, int(shared[1])
+
+    def _stop_vote(self) -> float:
+        """1 when this rank wants to stop (signal or time limit): any rank's vote stops every rank."""
+        over_time = self.tc.max_minutes is not None and time.perf_counter() - self.t_start > 60 * self.tc.max_minutes
+        return 1.0 if (self.signals.received is not None or over_time) else 0.0
+
+    # ------------------------------------------------------------------ evaluation / checkpoint
+
+    def _evaluate(self) -> dict[str, float | None]:
+        tc = self.tc
+        # Every rank evaluates the same batches of the global batch size, so the result does not
+        # depend on how many processes train (FSDP needs every rank in each forward anyway).
+        batches = batch_sources.eval_batches(self.recipe, self.run_dir, self.tokenizer,
+                                             tc.batch_size * self.env.world_size, tc.eval_batches)
+        try:
+            result = evaluate(self.model, batches, device=self.env.device, autocast=self.autocast)
+        except SlmError as exc:  # e.g. no validation split (data.val_fraction=0): train on without it
+            self.log.message(f"validation skipped: {exc}")
+            self.eval_enabled = False
+            return {"val_loss": None, "val_bpb": None}
+        if not result["tokens"]:
+            return {"val_loss": None, "val_bpb": None}
+        return {"val_loss": result["loss"], "val_bpb": bits_per_byte(result["loss"], self.bytes_per_token)}
+
+    def _trainer_state(self, stopped: str | None) -> dict[str, Any]:
+        mine = {"rng": rng_state(), "data": self.loader.state_dict()}
+        ranks = gather_objects(mine, self.env)
+        p = self.progress
+        return {
+            "step": p.step,
+            "max_steps": self.tc.max_steps,
+            "world_size": self.env.world_size,
+            "parallel": self.tc.parallel,
+            "tokens": p.tokens,
+            "train_time_s": p.train_time_s,
+            "bad_steps": self.bad.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "last": p.last,
+            "stopped": stopped,
+            "ranks": ranks,
+        }
+
+    def _save(self, stopped: str | None = None) -> Path:
+        path = save_checkpoint(
+            self.run_dir, self.progress.step, model=self.model, optimizer=self.optimizer,
+            parallel=self.tc.parallel, env=self.env, trainer_state=self._trainer_state(stopped),
+            keep_last=self.tc.keep_last, tokenizer_file=self.run_dir / "tokenizer.json",
+            chat_template=self.chat_template,
+        )
+        self.last_ckpt, self.saved_step = path, self.progress.step
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        tc, env = self.tc, self.env
+        if env.is_main:
+            clean_temp(self.run_dir)
+            batch_sources.ensure_inputs(self.recipe, self.run_dir)
+        barrier(env)
+        ckpt = self._find_checkpoint()
+        if ckpt is not None:
+            state = read_trainer_state(ckpt)
+            if state["step"] >= tc.max_steps:
+                return summary_from_state(state, ckpt, "complete")
+        self._setup(ckpt)
+        self.last_ckpt, self.saved_step = ckpt, self.progress.step
+        self.log = MetricsLogger(self.run_dir, self.progress.step, tc.max_steps, enabled=env.is_main,
+                                 progress=self.show_progress)
+        try:
+            with StopSignals() as self.signals:
+                stopped = self._loop()
+        finally:
+            self.log.close()
+        state = {**self._last_state, "stopped": stopped}
+        return summary_from_state(state, self.last_ckpt, stopped)
+
+    def _loop(self) -> str:
+        tc, env, p = self.tc, self.env, self.progress
+        if p.step:
+            self.log.message(f"resuming from {self.last_ckpt} (step {p.step})")
+        self.t_start = time.perf_counter()
+        interval_tokens, interval_time = 0, 0.0
+        stopped = "complete"
+        while p.step < tc.max_steps:
+            t0 = time.perf_counter()
+            step = p.step + 1
+            loss, grad_norm, tokens = self._train_step(step)
+            dt = time.perf_counter() - t0
+            p.step, p.tokens, p.train_time_s = step, p.tokens + tokens, p.train_time_s + dt
+            interval_tokens, interval_time = interval_tokens + tokens, interval_time + dt
+            lr = float(self._lr)
+            if self._skipped:
+                self.log.message(f"step {step}: non-finite loss/gradient (loss {loss}, grad norm {grad_norm}); "
+                                 f"update skipped ({self.bad.in_a_row} in a row, {self.bad.total} in total)")
+            if math.isfinite(loss):
+                p.last["loss"] = loss
+            if (tc.log_every and step % tc.log_every == 0) or step == tc.max_steps or self._skipped:
+                tok_per_s = interval_tokens / max(interval_time, 1e-9)
+                mfu = compute_mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)
+                self.log.log({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tok_per_s": tok_per_s,
+                              "mfu": mfu, "tokens": p.tokens, "elapsed": p.train_time_s,
+                              "skipped": self.bad.total})
+                self.log.progress(step, **format_postfix(loss, lr, tok_per_s, mfu))
+                interval_tokens, interval_time = 0, 0.0
+            else:
+                self.log.progress(step)
+            if self.bad.exceeded:
+                last = latest_checkpoint(self.run_dir)
+                raise SlmError(
+                    f"{self.bad.in_a_row} non-finite steps in a row (train.max_bad_steps={tc.max_bad_steps}), "
+                    f"stopped at step {step}; last good checkpoint: {last or 'none yet'}"
+                )
+            eval_due = (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps
+            if self.eval_enabled and eval_due:
+                val = self._evaluate()
+                p.last.update(val)
+                if val["val_loss"] is not None:
+                    self.log.log({"step": step, **val})
+                    bpb = f", bpb {val['val_bpb']:.4f}" if val["val_bpb"] is not None else ""
+                    self.log.message(f"step {step}: val loss {val['val_loss']:.4f}{bpb}")
+            if self._stop_votes > 0:
+                stopped = self.signals.name or "time limit"
+                stopped = broadcast_object(stopped, env)
+                break
+            periodic = tc.save_every and step % tc.save_every == 0 and not self.bad.in_a_row
+            if step == tc.max_steps or periodic:  # no periodic save inside a non-finite streak
+                self._save()
+        if stopped != "complete" or self.saved_step != p.step:
+            self._save(stopped)
+        self._last_state = self._trainer_state(stopped)
+        if stopped != "complete":
+            self.log.message(f"stopped at step {p.step} ({stopped}); checkpoint {self.last_ckpt}")
+        return stopped
+

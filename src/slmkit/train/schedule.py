@@ -1,0 +1,47 @@
+"""Learning-rate schedules as pure functions of the step: lr(step) = peak * multiplier(step).
+
+    constant  peak after warmup
+    cosine    warmup, then cosine from peak down to min_lr_ratio * peak at max_steps
+    linear    warmup, then a straight line down to min_lr_ratio * peak at max_steps
+    wsd       warmup-stable-decay: peak until the last `decay_fraction` of steps, then linear decay
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("cosine", "constant", "linear", "wsd")
+
+
+def lr_multiplier(step: int, max_steps: int, schedule: str, warmup_steps: int = 0,
+                  min_lr_ratio: float = 0.1, decay_fraction: float = 0.2) -> float:
+    """Multiplier of the peak lr for the update that follows `step` completed steps (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_fraction * max_steps))
+        decay_start = max(warmup_steps, max_steps - decay_steps)
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if schedule == "cosine":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over `lr_multiplier`; its state (last_epoch) is saved with the checkpoint."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(
+            step, max_steps, settings.schedule, settings.warmup_steps, settings.min_lr_ratio, settings.decay_fraction
+        ),
+    )
