@@ -45,6 +45,10 @@ def test_unknown_key_suggests_closest(override, expected):
     assert expected in str(info.value)
 
 
+def test_exponent_without_dot_is_a_float():
+    assert load_recipe(QUICKSTART, ["train.lr=3e-4"]).train.lr == 3e-4
+
+
 def test_wrong_type_names_key_value_and_type():
     with pytest.raises(SlmError) as info:
         load_recipe(QUICKSTART, ["train.max_steps=abc"])

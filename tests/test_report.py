@@ -20,7 +20,7 @@ EVIL = "<script>alert('x')</script> & \"quotes\""
 def run_dir(tmp_path):
     from pathlib import Path
 
-    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml", ["name=report-test"])
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "quickstart.yaml", ["name=report-test", "train.max_minutes=8.5"])
     out = open_run_dir(tmp_path / "run", recipe)
     lines = []
     for step in range(10, 310, 10):
@@ -53,7 +53,7 @@ def test_report_holds_picture_numbers_escaped_samples_and_settings(run_dir):
     # val numbers, model size, tokens trained (300 steps * 4096)
     for number in ("3.1234", "1.2345", "6.5432", "2.8765", "15.12M (15,123,456)", "1,228,800"):
         assert number in text
-    assert "report-test" in text and "max_minutes: 8" in text  # the resolved recipe.yaml
+    assert "report-test" in text and "max_minutes: 8.5" in text  # the resolved recipe.yaml
     assert report.report_is_current(run_dir)
 
 

@@ -196,7 +196,7 @@ def test_loader_wraps_epochs(tokenizer):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], r"bad.jsonl:2: not valid JSON"),
+        (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], r"bad.jsonl:2: malformed JSON line"),
         (['{"prompt": "a", "answer": "b"}'], r"bad.jsonl:1: missing field 'response' .*sft.response_field"),
         (['{"prompt": "a", "response": 3}'], r"bad.jsonl:1: field 'response' must be a string"),
         (['["a", "b"]'], r"bad.jsonl:1: expected a JSON object"),

@@ -88,13 +88,17 @@ def test_train_sigterm_writes_checkpoint_and_exits_cleanly(base, tmp_path):
 
 
 def test_train_time_limit_stops_and_next_run_resumes(base, tmp_path):
-    recipe = write_recipe(tmp_path, max_steps=50, eval_every=0, max_minutes=1e-6)
+    recipe = write_recipe(tmp_path, max_steps=50, eval_every=0, max_minutes=1e-6, log_every=5)
     run = new_run_dir(base, tmp_path / "run")
     result = slm_train(recipe, run)
     s = summary(result)
     assert s["stopped"] == "time limit" and s["steps"] == 1
     assert "stopped at step 1 (time limit)" in result.stderr
-    assert summary(slm_train(recipe, run))["steps"] == 2  # a later invocation continues
+    again = summary(slm_train(recipe, run))  # the budget is for the whole run: nothing left
+    assert again["stopped"] == "time limit" and again["steps"] == 1
+    assert 1 in train_losses(run)  # the stopping step is logged even off the log_every grid
+    more = summary(slm_train(recipe, run, "train.max_minutes=5", "train.max_steps=3"))  # a bigger budget continues
+    assert more["steps"] == 3 and more["stopped"] == "complete"
 
 
 def test_train_sft_batches_from_pretrained_checkpoint(base, tmp_path):

@@ -76,7 +76,7 @@ class ModelRecipe:
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
-    max_minutes: float | None = None  # stop (and checkpoint) after this wall time
+    max_minutes: float | None = None  # training-time budget of the whole run (resumes included)
     batch_size: int = 16  # micro-batch per process, in blocks of data.seq_len
     grad_accum: int = 1
     optimizer: str = "llama"  # preset: llama | phi-1_5
@@ -226,6 +226,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -75,9 +75,9 @@ def _run_data(recipe: Recipe, run_dir: Path) -> Any:
 
 
 def _train_current(recipe: Recipe, run_dir: Path) -> bool:
-    """Finished: the latest checkpoint reached train.max_steps, or training stopped at its time limit.
+    """Finished: the latest checkpoint reached train.max_steps or spent the train.max_minutes budget.
 
-    A run stopped by a signal or a kill resumes; `slm train` continues a time-limited run.
+    A run stopped by a signal or a kill resumes; a larger max_steps or max_minutes continues it.
     """
     from slmkit.train.checkpoint import latest_checkpoint, read_trainer_state
 
@@ -85,7 +85,9 @@ def _train_current(recipe: Recipe, run_dir: Path) -> bool:
     if ckpt is None:
         return False
     state = read_trainer_state(ckpt)
-    return state.get("step", 0) >= recipe.train.max_steps or state.get("stopped") == "time limit"
+    budget = recipe.train.max_minutes
+    out_of_time = budget is not None and state.get("train_time_s", 0.0) >= 60 * budget
+    return state.get("step", 0) >= recipe.train.max_steps or out_of_time
 
 
 def _run_train(recipe: Recipe, run_dir: Path) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from slmkit.data.jsonl import iter_json_objects
 from slmkit.errors import SlmError, did_you_mean
 from slmkit.paths import datasets_dir
 from slmkit.tokenizer import EOT, eos_id, pad_id
@@ -156,9 +157,7 @@ def resolve_sft_path(path: str, key: str = "sft.path") -> Path:
     )
 
 
-def _messages_from_record(record: Any, where: str, prompt_field: str, response_field: str, messages_field: str):
-    if not isinstance(record, dict):
-        raise SlmError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
+def _messages_from_record(record: dict, where: str, prompt_field: str, response_field: str, messages_field: str):
     if messages_field in record:
         messages = record[messages_field]
         if not isinstance(messages, list) or not messages:
@@ -203,19 +202,10 @@ def read_sft_jsonl(
     Blank lines are skipped; a malformed line or missing field raises SlmError naming file:line.
     """
     path = Path(path)
-    conversations = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SlmError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            conversations.append(
-                _messages_from_record(record, where, prompt_field, response_field, messages_field)
-            )
+    conversations = [
+        _messages_from_record(record, where, prompt_field, response_field, messages_field)
+        for where, record in iter_json_objects(path)
+    ]
     if not conversations:
         raise SlmError(f"{path}: no examples (the file is empty)")
     return conversations

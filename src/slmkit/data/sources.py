@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.config import SourceConfig
+from slmkit.data.jsonl import iter_json_objects, read_text
 from slmkit.errors import SlmError, did_you_mean
 from slmkit.paths import datasets_dir
 
@@ -70,18 +71,6 @@ def register(name: str) -> Callable[[Loader], Loader]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_text(path: Path) -> str:
-    """Read a text file as UTF-8, naming the file on failure."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SlmError(f"file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise SlmError(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
-    except OSError as exc:
-        raise SlmError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def _read_python(path: Path) -> str:
     """Read a Python file: UTF-8 (the default), else the encoding its coding cookie names (PEP 263)."""
     try:
@@ -98,7 +87,7 @@ def _read_python(path: Path) -> str:
 
 
 def _read_json(path: Path) -> object:
-    text = _read_text(path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -242,7 +231,7 @@ def expand_paths(spec: str | None, cfg: SourceConfig) -> list[Path]:
 def text_files(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
     """One document per text file (path: file, folder, glob; comma separated)."""
     for path in expand_paths(cfg.path, cfg):
-        text = _read_text(path)
+        text = read_text(path)
         if text.strip():
             yield Document(text, str(path))
         else:
@@ -269,16 +258,7 @@ def _render(record: dict, cfg: SourceConfig, origin: str) -> str:
 def jsonl_files(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
     """One document per JSON line: `field` (default "text") or `template` ("{question}\\n{answer}")."""
     for path in expand_paths(cfg.path, cfg):
-        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            origin = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SlmError(f"{origin}: malformed JSON line ({exc.msg}); fix or remove that line") from None
-            if not isinstance(record, dict):
-                raise SlmError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+        for origin, record in iter_json_objects(path):
             text = _render(record, cfg, origin)
             if text.strip():
                 yield Document(text, origin)
@@ -353,7 +333,7 @@ def codefusion_pretrain(cfg: SourceConfig, stats: SourceStats) -> Iterator[Docum
     if not files:
         raise SlmError(f"source {cfg.name!r} (codefusion-pretrain): no .txt snippet files in {base}")
     for path in files:
-        for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
             if line.strip():
                 yield Document(line, f"{path}:{lineno}")
 
@@ -362,8 +342,8 @@ def codefusion_pretrain(cfg: SourceConfig, stats: SourceStats) -> Iterator[Docum
 def nl2bash(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
     """Aligned lines of all.nl / all.cm -> "description\\ncommand"."""
     base = _require(_default_path(cfg, "nl2bash"), cfg, "folder")
-    nl_lines = _read_text(_require(base / "all.nl", cfg)).splitlines()
-    cm_lines = _read_text(_require(base / "all.cm", cfg)).splitlines()
+    nl_lines = read_text(_require(base / "all.nl", cfg)).splitlines()
+    cm_lines = read_text(_require(base / "all.cm", cfg)).splitlines()
     if len(nl_lines) != len(cm_lines):
         raise SlmError(f"{base}: all.nl has {len(nl_lines)} lines but all.cm has {len(cm_lines)}; they must align")
     for lineno, (nl, cm) in enumerate(zip(nl_lines, cm_lines), 1):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from slmkit.errors import SlmError
-from slmkit.fileio import atomic_write_json
+from slmkit.fileio import atomic_write_json, replace_dir
 from slmkit.train.distributed import (
     DistEnv,
     barrier,
@@ -162,14 +162,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model: nn.Module, optimizer: to
         torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
     if env.is_main:
         atomic_write_json(tmp / STATE_FILE, trainer_state)
-        if final.exists():  # re-saving a step (after --no-resume): replace the old folder
-            old = root / f".{step_name(step)}.old.tmp"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)  # re-saving a step (after --no-resume) replaces the old folder
         _update_latest(root, final.name)
         prune(run_dir, keep_last)
     barrier(env)

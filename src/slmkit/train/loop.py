@@ -294,7 +294,8 @@ class _Trainer:
 
     def _stop_vote(self) -> float:
         """1 when this rank wants to stop (signal or time limit): any rank's vote stops every rank."""
-        over_time = self.tc.max_minutes is not None and time.perf_counter() - self.t_start > 60 * self.tc.max_minutes
+        # train.max_minutes is a budget for the whole run: time spent before a resume counts too.
+        over_time = self.tc.max_minutes is not None and time.perf_counter() - self.t_start > self.time_left
         return 1.0 if (self.signals.received is not None or over_time) else 0.0
 
     # ------------------------------------------------------------------ evaluation / checkpoint
@@ -357,6 +358,8 @@ class _Trainer:
             state = read_trainer_state(ckpt)
             if state["step"] >= tc.max_steps:
                 return summary_from_state(state, ckpt, "complete")
+            if tc.max_minutes is not None and state.get("train_time_s", 0.0) >= 60 * tc.max_minutes:
+                return summary_from_state(state, ckpt, "time limit")
         self._setup(ckpt)
         self.last_ckpt, self.saved_step = ckpt, self.progress.step
         self.log = MetricsLogger(self.run_dir, self.progress.step, tc.max_steps, enabled=env.is_main,
@@ -374,6 +377,7 @@ class _Trainer:
         if p.step:
             self.log.message(f"resuming from {self.last_ckpt} (step {p.step})")
         self.t_start = time.perf_counter()
+        self.time_left = 60 * tc.max_minutes - p.train_time_s if tc.max_minutes is not None else math.inf
         interval_tokens, interval_time = 0, 0.0
         stopped = "complete"
         while p.step < tc.max_steps:
@@ -389,7 +393,8 @@ class _Trainer:
                                  f"update skipped ({self.bad.in_a_row} in a row, {self.bad.total} in total)")
             if math.isfinite(loss):
                 p.last["loss"] = loss
-            if (tc.log_every and step % tc.log_every == 0) or step == tc.max_steps or self._skipped:
+            last_step = step == tc.max_steps or self._stop_votes > 0
+            if (tc.log_every and step % tc.log_every == 0) or last_step or self._skipped:
                 tok_per_s = interval_tokens / max(interval_time, 1e-9)
                 mfu = compute_mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)
                 self.log.log({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tok_per_s": tok_per_s,
