@@ -24,7 +24,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm",
-        description="slmkit: plan, tokenize, prepare data, train, sample and export small language models.",
+        description="slmkit: train a tokenizer, prepare data, train, evaluate and sample small language models.",
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
