@@ -180,3 +180,14 @@ def test_mfu_peaks_datasheet_and_measured(tmp_path, monkeypatch):
 def test_mfu_matmul_benchmark_is_plausible():
     flops = mfu_mod.measure_matmul_flops(torch.float32, n=256, seconds=0.05)
     assert 1e8 < flops < 1e15
+
+
+def test_train_sft_without_init_from_names_the_missing_tokenizer(tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "sft_chat.jsonl"
+    recipe = json.loads(json.dumps(TINY_RECIPE))
+    recipe.update(name="tiny-sft", task="sft", stages=["train"], sft={"path": str(fixture), "template": "chat"})
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = slm_train(path, tmp_path / "sft")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.init_from is not set" in result.stderr

@@ -14,7 +14,7 @@ from typing import Any
 from slmkit.errors import SlmError
 
 
-def ensure_inputs(recipe, run_dir: Path) -> None:
+def ensure_inputs(recipe, run_dir: Path, progress: bool = True) -> None:
     """Run the stages training needs when their outputs are missing (tokenizer, data shards).
 
     Pretraining: `slm data prepare` (which also trains the tokenizer). SFT: the tokenizer of the
@@ -28,14 +28,16 @@ def ensure_inputs(recipe, run_dir: Path) -> None:
             shutil.copyfile(src, tmp)
             tmp.replace(tok)
         if not tok.is_file():
-            from slmkit.data.prepare import prepare_data
-
-            prepare_data(recipe, run_dir)
+            where = f"{src} does not exist" if src else "train.init_from is not set"
+            raise SlmError(
+                f"task: sft needs a tokenizer: {where}; set train.init_from to a checkpoint folder "
+                "holding tokenizer.json (e.g. runs/quickstart/ckpt/latest)"
+            )
         return
     if not (run_dir / "data" / "manifest.json").is_file():
         from slmkit.data.prepare import prepare_data
 
-        prepare_data(recipe, run_dir)
+        prepare_data(recipe, run_dir, progress=progress)
 
 
 def load_run_tokenizer(run_dir: Path):

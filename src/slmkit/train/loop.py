@@ -351,7 +351,7 @@ class _Trainer:
         tc, env = self.tc, self.env
         if env.is_main:
             clean_temp(self.run_dir)
-            batch_sources.ensure_inputs(self.recipe, self.run_dir)
+            batch_sources.ensure_inputs(self.recipe, self.run_dir, progress=self.show_progress)
         barrier(env)
         ckpt = self._find_checkpoint()
         if ckpt is not None:
