@@ -287,7 +287,7 @@ def apply_override(data: dict[str, Any], text: str) -> None:
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, parts[: i + 1])
+            node = node[_list_index(node, part, parts[: i + 1])]
             continue
         if part not in node or node[part] is None:
             node[part] = {}
@@ -313,10 +313,6 @@ def _list_index(node: list, part: str, parts: list[str]) -> int:
     if not -len(node) <= idx < len(node):
         raise SlmError(f"override key {'.'.join(parts)!r}: index {idx} out of range (list has {len(node)} items)")
     return idx
-
-
-def _list_item(node: list, part: str, parts: list[str]) -> Any:
-    return node[_list_index(node, part, parts)]
 
 
 # --------------------------------------------------------------------------- loading / saving

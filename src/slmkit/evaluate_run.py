@@ -43,6 +43,22 @@ def checkpoint_label(run_dir: Path, ckpt: Path) -> str:
         return str(ckpt)
 
 
+def saved_for_latest_checkpoint(run_dir: str | Path, path: Path) -> dict | None:
+    """The JSON at `path` when it was written for the run's latest checkpoint, else None."""
+    import json
+
+    from slmkit.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if ckpt is None or saved.get("checkpoint") != checkpoint_label(Path(run_dir), ckpt):
+        return None
+    return saved
+
+
 def train_token_counts(recipe: Any, run_dir: Path, tokenizer: Any, vocab_size: int) -> np.ndarray:
     """Token frequencies of the training data: the train shards, or for SFT the train response tokens."""
     counts = np.zeros(vocab_size, dtype=np.int64)
@@ -139,21 +155,8 @@ def evaluate_run(recipe: Any, run_dir: str | Path, max_batches: int | None = Non
 
 def eval_is_current(recipe: Any, run_dir: str | Path) -> bool:
     """True when eval/val.json was computed for the latest checkpoint with the current settings."""
-    import json
-
-    from slmkit.train.checkpoint import latest_checkpoint
-
-    run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    try:
-        saved = json.loads((run_dir / VAL_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return (
-        ckpt is not None
-        and saved.get("checkpoint") == checkpoint_label(run_dir, ckpt)
-        and saved.get("max_batches") == recipe.train.eval_batches
-    )
+    saved = saved_for_latest_checkpoint(run_dir, Path(run_dir) / VAL_FILE)
+    return saved is not None and saved.get("max_batches") == recipe.train.eval_batches
 
 
 def format_table(report: dict) -> str:

@@ -8,7 +8,6 @@ template (e.g. "Question: ...\\nAnswer:").
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -87,20 +86,17 @@ def sample_run(recipe: Any, run_dir: str | Path) -> dict[str, Any]:
 
 def samples_are_current(recipe: Any, run_dir: str | Path) -> bool:
     """True when samples.json holds the current prompts and settings for the latest checkpoint."""
-    from slmkit.evaluate_run import checkpoint_label
-    from slmkit.train.checkpoint import latest_checkpoint
+    from slmkit.evaluate_run import saved_for_latest_checkpoint
 
     run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
     try:
-        saved = json.loads((run_dir / SAMPLES_JSON).read_text(encoding="utf-8"))
         prompts = shown_prompts(recipe)
-    except (FileNotFoundError, json.JSONDecodeError, SlmError):
+    except SlmError:
         return False
+    saved = saved_for_latest_checkpoint(run_dir, run_dir / SAMPLES_JSON)
     return (
-        ckpt is not None
+        saved is not None
         and (run_dir / SAMPLES_MD).is_file()
-        and saved.get("checkpoint") == checkpoint_label(run_dir, ckpt)
         and saved.get("settings") == sample_settings(recipe)
         and [s.get("prompt") for s in saved.get("samples", [])] == prompts
     )
