@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from slmkit.paths import datasets_dir
+from slmkit.data.paths import datasets_dir
 
 # Two cores here: keep each test process to a predictable thread count.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -8,7 +8,7 @@ import pytest
 
 from slmkit.config import dump_recipe, load_recipe, recipe_from_dict
 from slmkit.errors import SlmError
-from slmkit.rundir import open_run_dir
+from slmkit.pipeline.rundir import open_run_dir
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 
 from slmkit.config import load_recipe
 from slmkit.errors import SlmError
-from slmkit.evaluate_run import (
+from slmkit.eval.perplexity import (
     TargetCounter,
     eval_is_current,
     evaluate_run,
     format_table,
     unigram_log_probs,
 )
-from slmkit.rundir import open_run_dir
-from slmkit.stages import run_stages
+from slmkit.pipeline.rundir import open_run_dir
+from slmkit.pipeline.stages import run_stages
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-pretrain.yaml"
 

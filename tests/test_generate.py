@@ -128,18 +128,18 @@ def test_hf_folder_tokenizer_and_generate_match_transformers(model, tokenizer, t
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_decode_layout_gives_the_same_greedy_tokens_and_restores_layers(dtype):
     """The oneDNN packed-weight decode path must not change greedy output, and must undo itself."""
-    import slmkit.generate as gen
+    import slmkit.generate.engine as gen
 
     cfg = get_preset("tiny-llama").replace(vocab_size=300, d_model=64, n_layers=2, n_heads=4, max_seq_len=128)
     torch.manual_seed(0)
     net = build_model(cfg).to(dtype).eval()
     prompts = [[5, 6, 7, 8], [9, 10]]
     packed = gen.generate_tokens(net, prompts, 24, gen.SamplingConfig(temperature=0.0), pad_id=1)
-    original = gen._decode_layout
+    original = gen.decode_layout
     try:
-        gen._decode_layout = lambda model: __import__("contextlib").nullcontext()
+        gen.decode_layout = lambda model: __import__("contextlib").nullcontext()
         plain = gen.generate_tokens(net, prompts, 24, gen.SamplingConfig(temperature=0.0), pad_id=1)
     finally:
-        gen._decode_layout = original
+        gen.decode_layout = original
     assert packed == plain
     assert all("forward" not in vars(m) for m in net.modules() if isinstance(m, torch.nn.Linear))

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from slmkit import report
+from slmkit.pipeline import report
 from slmkit.config import load_recipe
-from slmkit.rundir import open_run_dir
+from slmkit.pipeline.rundir import open_run_dir
 
 EVIL = "<script>alert('x')</script> & \"quotes\""
 

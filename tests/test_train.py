@@ -24,7 +24,7 @@ from train_utils import (
 
 from slmkit.train import mfu as mfu_mod
 from slmkit.train.checkpoint import latest_checkpoint, read_trainer_state
-from slmkit.train.evaluation import bits_per_byte, evaluate
+from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.train.metrics import METRICS_FILE, read_metrics, truncate_metrics
 
 

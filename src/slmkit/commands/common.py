@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from slmkit.config import Recipe, load_recipe
-from slmkit.rundir import default_run_dir, open_run_dir
+from slmkit.pipeline.rundir import default_run_dir, open_run_dir
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:

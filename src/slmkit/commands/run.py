@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from slmkit.stages import results_summary, run_stages
+    from slmkit.pipeline.stages import results_summary, run_stages
 
     recipe, run_dir = recipe_and_run_dir(args)
     run_stages(recipe, run_dir)

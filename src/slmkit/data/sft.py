@@ -25,7 +25,7 @@ import numpy as np
 
 from slmkit.data.jsonl import iter_json_objects
 from slmkit.errors import SlmError, did_you_mean
-from slmkit.paths import datasets_dir
+from slmkit.data.paths import datasets_dir
 from slmkit.tokenizer import EOT, eos_id, pad_id
 
 IGNORE_INDEX = -100

@@ -3,7 +3,7 @@
 A loader is `loader(cfg, stats) -> Iterator[Document]`; it raises `SlmError` naming the file (and line)
 on bad input and counts skipped items in `stats`. `load_source(cfg)` applies `max_docs` and refuses an
 empty source. Builtin types: python-stdlib, python-docs, text, jsonl, codefusion, codefusion-pretrain,
-nl2bash, conala. Shared datasets are read in place from `slmkit.paths.datasets_dir()` unless `path` is set.
+nl2bash, conala. Shared datasets are read in place from `slmkit.data.paths.datasets_dir()` unless `path` is set.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from slmkit.config import SourceConfig
 from slmkit.data.jsonl import iter_json_objects, read_text
 from slmkit.errors import SlmError, did_you_mean
-from slmkit.paths import datasets_dir
+from slmkit.data.paths import datasets_dir
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from slmkit.train.distributed import (
     parallelize,
     shutdown,
 )
-from slmkit.train.evaluation import bits_per_byte, evaluate
+from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.train.faults import BadStepTracker, FaultInjector, StopSignals
 from slmkit.train.metrics import MetricsLogger, format_postfix
 from slmkit.train.mfu import mfu as compute_mfu

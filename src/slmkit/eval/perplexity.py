@@ -110,7 +110,7 @@ def evaluate_run(recipe: Any, run_dir: str | Path, max_batches: int | None = Non
     from slmkit.tokenizer import load_tokenizer
     from slmkit.train.batches import eval_batches, val_bytes_per_token
     from slmkit.train.distributed import resolve_device
-    from slmkit.train.evaluation import bits_per_byte, evaluate
+    from slmkit.eval.loss import bits_per_byte, evaluate
 
     run_dir = Path(run_dir)
     ckpt, step = checkpoint_info(run_dir)

@@ -97,13 +97,13 @@ def _run_train(recipe: Recipe, run_dir: Path) -> Any:
 
 
 def _eval_current(recipe: Recipe, run_dir: Path) -> bool:
-    from slmkit.evaluate_run import eval_is_current
+    from slmkit.eval.perplexity import eval_is_current
 
     return eval_is_current(recipe, run_dir)
 
 
 def _run_eval(recipe: Recipe, run_dir: Path) -> Any:
-    from slmkit.evaluate_run import evaluate_run, format_table
+    from slmkit.eval.perplexity import evaluate_run, format_table
 
     result = evaluate_run(recipe, run_dir)
     print(format_table(result), file=sys.stderr)
@@ -111,25 +111,25 @@ def _run_eval(recipe: Recipe, run_dir: Path) -> Any:
 
 
 def _sample_current(recipe: Recipe, run_dir: Path) -> bool:
-    from slmkit.sample_run import samples_are_current
+    from slmkit.pipeline.sample import samples_are_current
 
     return samples_are_current(recipe, run_dir)
 
 
 def _run_sample(recipe: Recipe, run_dir: Path) -> Any:
-    from slmkit.sample_run import sample_run
+    from slmkit.pipeline.sample import sample_run
 
     return sample_run(recipe, run_dir)
 
 
 def _report_current(recipe: Recipe, run_dir: Path) -> bool:
-    from slmkit.report import report_is_current
+    from slmkit.pipeline.report import report_is_current
 
     return report_is_current(run_dir)
 
 
 def _run_report(recipe: Recipe, run_dir: Path) -> Any:
-    from slmkit.report import write_report
+    from slmkit.pipeline.report import write_report
 
     return write_report(run_dir)
 

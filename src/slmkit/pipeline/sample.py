@@ -57,7 +57,7 @@ def samples_markdown(data: dict[str, Any]) -> str:
 
 def sample_run(recipe: Any, run_dir: str | Path) -> dict[str, Any]:
     """Generate the samples, write samples.json + samples.md, and return the JSON data."""
-    from slmkit.evaluate_run import checkpoint_info, checkpoint_label
+    from slmkit.eval.perplexity import checkpoint_info, checkpoint_label
     from slmkit.generate import generate
     from slmkit.interop.hf import load_hf_folder
     from slmkit.tokenizer import load_tokenizer
@@ -86,7 +86,7 @@ def sample_run(recipe: Any, run_dir: str | Path) -> dict[str, Any]:
 
 def samples_are_current(recipe: Any, run_dir: str | Path) -> bool:
     """True when samples.json holds the current prompts and settings for the latest checkpoint."""
-    from slmkit.evaluate_run import saved_for_latest_checkpoint
+    from slmkit.eval.perplexity import saved_for_latest_checkpoint
 
     run_dir = Path(run_dir)
     try:

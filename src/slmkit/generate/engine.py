@@ -8,20 +8,20 @@ Two layers:
 Temperature 0 is greedy decoding. Rows of a batch are left-padded; positions and the attention
 mask make each row's result equal to decoding it alone.
 On CPU the decode steps run Linear layers from oneDNN-prepacked weight copies kept on the model
-(`_decode_layout`): ~1.5-2x faster matrix-vector products than `aten::mm`, same results.
+(`slmkit.generate.cpu_packed.decode_layout`): ~1.5-2x faster matrix-vector products than `aten::mm`,
+same results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
 
 from slmkit.errors import SlmError
+from slmkit.generate.cpu_packed import decode_layout
 
 EOS_TOKEN = "<|endoftext|>"
 StreamFn = Callable[[int, str], None]
@@ -126,7 +126,7 @@ def generate_tokens(
                    positions=positions, last_only=True)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    with _decode_layout(model):  # the prompt pass above keeps the usual layout
+    with decode_layout(model):  # the prompt pass above keeps the usual layout
         for step in range(max_new_tokens):
             token = sample_next(logits[:, -1], sampling, generator)
             values = token.tolist()
@@ -149,65 +149,6 @@ def generate_tokens(
             logits = model(token[:, None], kv_cache=cache, start_pos=slot,
                            attention_mask=_mask_upto(batch.mask, slot + 1), positions=positions)
     return out
-
-_FAST_LINEARS = "_slmkit_decode_linears"
-
-
-@contextmanager
-def _decode_layout(model: torch.nn.Module) -> Iterator[None]:
-    """Within the block, CPU Linear layers (fp32, bf16) run from oneDNN-prepacked weights.
-
-    Decode steps are matrix-vector products bound by memory bandwidth, and `aten::mm` on the usual
-    row-major [out, in] weight is a slow path for them; oneDNN's prepacked layout is ~1.5-2x faster
-    at batch 1 and 8 (same values; bf16 results bitwise equal, fp32 equal to float rounding).
-    The packed copies are kept on the model and rebuilt when a weight or bias changes (new storage
-    or an in-place update); the modules are always restored on exit.
-    """
-    cached: dict[str, tuple] = model.__dict__.get(_FAST_LINEARS, {})
-    fresh: dict[str, tuple] = {}
-    patched: list[torch.nn.Module] = []
-    try:
-        for name, module in model.named_modules():
-            if not isinstance(module, torch.nn.Linear) or "forward" in module.__dict__:
-                continue
-            key = _weights_key(module)
-            hit = cached.get(name)
-            if hit is None or hit[0] != key:
-                hit = (key, _fast_linear(module) if key else None)
-            fresh[name] = hit
-            if hit[1] is not None:
-                module.forward = hit[1]
-                patched.append(module)
-        model.__dict__[_FAST_LINEARS] = fresh
-        yield
-    finally:
-        for module in patched:
-            del module.forward
-
-
-def _weights_key(linear: torch.nn.Linear) -> tuple | None:
-    """Identity and version of a Linear's tensors; None when its weight is not on the CPU."""
-    tensors = [t for t in (linear.weight, linear.bias) if t is not None]
-    if linear.weight.device.type != "cpu" or any(t.is_inference() for t in tensors):
-        return None
-    return tuple((t.data_ptr(), t._version, t.dtype, t.is_contiguous()) for t in tensors)
-
-
-def _fast_linear(linear: torch.nn.Linear) -> Callable[[Tensor], Tensor] | None:
-    """`linear`'s forward on a oneDNN-prepacked copy of its weight, or None where that is unavailable."""
-    weight = linear.weight.detach()
-    bias = None if linear.bias is None else linear.bias.detach()
-    if not weight.is_contiguous():
-        return None
-    if weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-        except (RuntimeError, AttributeError):  # CPU without bf16 support, or no such op
-            return None
-        return partial(torch.ops.mkldnn._linear_pointwise, W=packed, B=bias,
-                       attr="none", scalars=[], algorithm="")
-    return None
-
 
 def _mask_upto(mask: Tensor | None, end: int) -> Tensor | None:
     return None if mask is None else mask[:, :end]

@@ -1,0 +1,1 @@
+"""Evaluation: validation loss, bits per byte and the unigram baseline (more task families join here)."""
