@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from slmkit.errors import SlmError
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes a uint64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,51 +28,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="weights dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with all completions instead")
     parser.set_defaults(handler=run)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder: `path` itself, or `path`/ckpt/latest (a link or a file naming the step folder)."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    latest = path / "ckpt" / "latest"
-    if latest.is_dir() and (latest / "config.json").is_file():
-        return latest
-    if latest.is_file():
-        target = path / "ckpt" / latest.read_text(encoding="utf-8").strip()
-        if (target / "config.json").is_file():
-            return target
-    raise SlmError(f"{path}: not a checkpoint folder (no config.json) and no ckpt/latest inside")
+def parse_device(value: str) -> str:
+    """The torch device for `--device` (auto, cpu, cuda or cuda:N); SlmError naming the option otherwise."""
+    from slmkit.device import resolve_device
+
+    return str(resolve_device(value, where="--device", select=False))
+
+
+def check_options(args: argparse.Namespace) -> str:
+    """Check every option before anything is loaded or printed; return the device to use."""
+    from slmkit.generate.engine import SamplingConfig
+
+    if args.max_new_tokens < 1:
+        raise SlmError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    SamplingConfig(args.temperature, args.top_k, args.top_p).validate()
+    if not 0 <= args.seed <= MAX_SEED:
+        raise SlmError(f"--seed must be in [0, 2**64 - 1], got {args.seed}")
+    for option, values in (("--prompt", args.prompt), ("--stop", args.stop)):
+        for text in values:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SlmError(f"{option} {text!r} is not valid UTF-8 text") from None
+    return parse_device(args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `slm generate`."""
     import torch
-    from tokenizers import Tokenizer
 
     from slmkit.generate import generate
     from slmkit.interop.hf import load_hf_folder
+    from slmkit.pipeline.rundir import TOKENIZER_FILE, resolve_checkpoint
+    from slmkit.tokenizer import load_tokenizer
 
-    if args.max_new_tokens < 1:
-        raise SlmError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    device = check_options(args)
     folder = resolve_checkpoint(args.ckpt)
-    tok_file = folder / "tokenizer.json"
+    tok_file = folder / TOKENIZER_FILE
     if not tok_file.is_file():
-        raise SlmError(f"{folder}: no tokenizer.json; save the checkpoint with its tokenizer")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SlmError("--device cuda: no CUDA device is available")
+        raise SlmError(f"{folder}: no {TOKENIZER_FILE}; save the checkpoint with its tokenizer")
+    tokenizer = load_tokenizer(tok_file)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     t0 = time.perf_counter()
     model = load_hf_folder(folder, device=device, dtype=dtype)
-    tokenizer = Tokenizer.from_file(str(tok_file))
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise SlmError(f"{tok_file}: {tokenizer.get_vocab_size()} tokens but the model has only "
+                       f"{model.config.vocab_size}; this tokenizer does not belong to this checkpoint")
+    longest = max(len(tokenizer.encode(p.replace("\\n", "\n")).ids) for p in args.prompt)
+    if longest >= model.config.max_seq_len:  # refused before the prompt is echoed
+        raise SlmError(f"--prompt of {longest} tokens does not fit the model context of {model.config.max_seq_len} "
+                       "tokens (leave room for at least one new token); shorten the prompt")
     print(f"loaded {folder} ({model.num_params():,} params, {device}, {dtype}) in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
     prompts = [p.replace("\\n", "\n") for p in args.prompt]

@@ -14,6 +14,7 @@ same results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,9 +23,10 @@ from torch import Tensor
 
 from slmkit.errors import SlmError
 from slmkit.generate.cpu_packed import decode_layout
+from slmkit.tokenizer import EOT, PAD
 
-EOS_TOKEN = "<|endoftext|>"
 StreamFn = Callable[[int, str], None]
+MIN_TEMPERATURE = 1e-6  # smallest non-zero temperature; below it fp32 logits / t can overflow
 
 
 @dataclass
@@ -36,12 +38,15 @@ class SamplingConfig:
     top_p: float | None = None
 
     def validate(self) -> SamplingConfig:
-        if self.temperature < 0:
-            raise SlmError(f"--temperature must be >= 0, got {self.temperature}")
+        """Self, or SlmError naming the option: NaN and infinities are refused, not sampled with."""
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise SlmError(f"--temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / t would overflow to inf
+            raise SlmError(f"--temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise SlmError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise SlmError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_p is not None and not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise SlmError(f"--top-p must be a number in (0, 1], got {self.top_p}")
         return self
 
 
@@ -216,8 +221,8 @@ def generate(
     `stats`, when given, receives {"prompt_tokens", "new_tokens"} (tokens generated, all rows).
     """
     stop = [s for s in (stop or []) if s]
-    eos_id = tokenizer.token_to_id(EOS_TOKEN)
-    pad = tokenizer.token_to_id("<|pad|>")
+    eos_id = tokenizer.token_to_id(EOT)
+    pad = tokenizer.token_to_id(PAD)
     prompt_ids = [tokenizer.encode(p).ids or ([eos_id] if eos_id is not None else []) for p in prompts]
     states = [_TextState(stop) for _ in prompts]
 
