@@ -13,7 +13,7 @@ from slmkit.interop.hf import config_from_hf, config_to_hf, load_hf_folder, save
 from slmkit.models import PRESETS, build_model, get_preset, resolve_model_config
 from slmkit.models.accounting import count_params, flops_per_token, memory_bytes
 
-PUBLISHED = {"phi-1_5": 1_418_270_720, "llama-7b": 6_738_415_616}
+PUBLISHED = {"phi-1_5": 1_418_270_720, "llama-7b": 6_738_415_616}  # HF parameter counts, docs/REFERENCE.md
 
 
 def tiny(preset: str = "tiny-llama", **overrides):
@@ -24,6 +24,7 @@ def tiny(preset: str = "tiny-llama", **overrides):
 
 
 def test_derived_sizes_follow_the_papers():
+    """Head, FFN and rotary sizes the papers' shapes and rules give (docs/REFERENCE.md)."""
     cfg = get_preset("llama-7b")
     assert (cfg.head_dim, cfg.kv_heads, cfg.ffn_hidden, cfg.rotary_dim) == (128, 32, 11008, 128)
     assert get_preset("llama-13b").ffn_hidden == 13824

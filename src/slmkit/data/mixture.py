@@ -1,4 +1,4 @@
-"""Dedup, train/val split by document hash, and the sampling mixture (LLaMA Table 1 semantics).
+"""Dedup, train/val split by document hash, and the sampling mixture (LLaMA Table 1 semantics, docs/REFERENCE.md).
 
 Each source gets `weight_norm * M` tokens of the train mixture, M = data.mixture_tokens or the sum of
 unique train tokens. Its effective epochs = that / its unique train tokens: whole epochs repeat every

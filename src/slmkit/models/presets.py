@@ -26,11 +26,11 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-phi": ModelConfig(
         **PHI_STYLE, vocab_size=8192, d_model=384, n_layers=6, n_heads=6, d_ff=1536, max_seq_len=1024
     ),
-    # phi-1.5 (Li et al. 2023): 24 layers, 32 heads of 64, MLP 8192, rotary dim 32, vocab 51200.
+    # phi-1.5 (Li et al. 2023; docs/REFERENCE.md): 24 layers, 32 heads of 64, MLP 8192, rotary dim 32, vocab 51200.
     "phi-1_5": ModelConfig(
         **PHI_STYLE, vocab_size=51200, d_model=2048, n_layers=24, n_heads=32, d_ff=8192, max_seq_len=2048
     ),
-    # LLaMA (Touvron et al. 2023) Table 2; vocab 32000, context 2048.
+    # LLaMA (Touvron et al. 2023; docs/REFERENCE.md) Table 2; vocab 32000, context 2048.
     "llama-7b": ModelConfig(**LLAMA_STYLE, vocab_size=32000, d_model=4096, n_layers=32, n_heads=32),
     "llama-13b": ModelConfig(**LLAMA_STYLE, vocab_size=32000, d_model=5120, n_layers=40, n_heads=40),
     "llama-33b": ModelConfig(**LLAMA_STYLE, vocab_size=32000, d_model=6656, n_layers=60, n_heads=52),
