@@ -70,7 +70,7 @@ def slmkit_step(cfg, args, compile: bool, precision: str) -> tuple[Callable[[dic
     from slmkit.config import TrainConfig
     from slmkit.models import build_model
     from slmkit.train.distributed import clip_grad_norm, init_distributed, local_params, parallelize, shutdown
-    from slmkit.train.loop import autocast_for
+    from slmkit.device import autocast_for
     from slmkit.train.optim import build_optimizer, resolve_optim_settings
 
     env = init_distributed(args.device, args.parallel)
@@ -78,7 +78,7 @@ def slmkit_step(cfg, args, compile: bool, precision: str) -> tuple[Callable[[dic
     model = build_model(cfg).to(env.device).train()
     if args.activation_checkpointing:
         model.set_activation_checkpointing(True)
-    step_module = parallelize(model, args.parallel, env, compile=compile)
+    step_module = parallelize(model, lambda m, batch: m.loss(batch), args.parallel, env, compile=compile)
     settings = resolve_optim_settings(TrainConfig(optimizer="llama"))
     optimizer = build_optimizer(model, settings)
     params = local_params(model)

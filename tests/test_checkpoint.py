@@ -12,14 +12,12 @@ import torch
 
 from slmkit.errors import SlmError
 from slmkit.models import ModelConfig, build_model
+from slmkit.pipeline.rundir import RunDir, resolve_checkpoint
 from slmkit.train.checkpoint import (
     clean_temp,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     load_model_from_checkpoint,
     read_trainer_state,
-    resolve_checkpoint,
     save_checkpoint,
 )
 from slmkit.train.distributed import DistEnv
@@ -58,7 +56,7 @@ def test_checkpoint_layout_and_latest_link(tmp_path):
     second = save(tmp_path, 10, model, opt)
     link = tmp_path / "ckpt" / "latest"
     assert link.is_symlink() and link.readlink().as_posix() == "step-000010"  # relative
-    assert latest_checkpoint(tmp_path) == second.resolve()
+    assert RunDir(tmp_path).latest_checkpoint() == second.resolve()
     assert not list((tmp_path / "ckpt").glob(".*.tmp"))  # nothing half-written is left
 
 
@@ -66,9 +64,9 @@ def test_checkpoint_keep_last_prunes_oldest(tmp_path):
     model, opt = trained_pair()
     for step in (2, 4, 6, 8):
         save(tmp_path, step, model, opt, keep_last=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000006", "step-000008"]
+    assert [p.name for p in RunDir(tmp_path).checkpoints()] == ["step-000006", "step-000008"]
     save(tmp_path, 10, model, opt, keep_last=0)  # 0 keeps everything
-    assert len(list_checkpoints(tmp_path)) == 3
+    assert len(RunDir(tmp_path).checkpoints()) == 3
 
 
 def test_checkpoint_half_written_folders_are_ignored(tmp_path):
@@ -80,8 +78,8 @@ def test_checkpoint_half_written_folders_are_ignored(tmp_path):
     incomplete = tmp_path / "ckpt" / "step-000009"  # no trainer_state.json: not a checkpoint
     incomplete.mkdir()
     (tmp_path / "ckpt" / "latest").unlink()  # and a lost link
-    assert latest_checkpoint(tmp_path).name == "step-000003"
-    clean_temp(tmp_path)
+    assert RunDir(tmp_path).latest_checkpoint().name == "step-000003"
+    clean_temp(RunDir(tmp_path))
     assert not torn.exists()
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from train_utils import new_run_dir, shared_base, slm_train, subprocess_env, summary, train_losses, weights, write_recipe
 
-from slmkit.train.checkpoint import latest_checkpoint, load_model_from_checkpoint
+from slmkit.pipeline.rundir import RunDir
+from slmkit.train.checkpoint import load_model_from_checkpoint
 
 STEPS = 6
 COMMON = (f"train.max_steps={STEPS}", "train.grad_accum=2", "train.save_every=3", "train.eval_every=3")
@@ -44,11 +45,11 @@ def test_distributed_matches_one_process(reference, base, tmp_path, parallel):
     assert s["steps"] == STEPS and s["tokens"] == ref_summary["tokens"]
     _assert_same_curve(ref_run, run)
     assert abs(s["val_loss"] - ref_summary["val_loss"]) < 1e-5
-    ckpt = latest_checkpoint(run)
+    ckpt = RunDir(run).latest_checkpoint()
     if parallel == "fsdp":
         assert (ckpt / "dcp" / ".metadata").is_file()
     # the consolidated HF folder holds the same weights as the single-process run
-    a, b = weights(latest_checkpoint(ref_run)), weights(ckpt)
+    a, b = weights(RunDir(ref_run).latest_checkpoint()), weights(ckpt)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     model = load_model_from_checkpoint(run / "ckpt" / "latest")
     assert model.config.n_layers == 2
@@ -62,7 +63,7 @@ def test_distributed_fsdp_zero2_resume_after_kill(reference, base, tmp_path):
     args = (*COMMON, "train.batch_size=2", "train.parallel=fsdp", "train.reshard_after_forward=false")
     crash = slm_train(recipe, run, *args, nproc=2, env=subprocess_env(SLMKIT_FAULT_KILL_AT_STEP="5"))
     assert crash.returncode != 0
-    assert latest_checkpoint(run).name == "step-000003"
+    assert RunDir(run).latest_checkpoint().name == "step-000003"
     s = summary(slm_train(recipe, run, *args, nproc=2))
     assert s["steps"] == STEPS
     _assert_same_curve(ref_run, run)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_utils import new_run_dir, shared_base, slm_train, subprocess_env, summary, weights, write_recipe
 
-from slmkit.train.checkpoint import latest_checkpoint
+from slmkit.pipeline.rundir import RunDir
 from slmkit.train.faults import BadStepTracker
 from slmkit.train.metrics import read_metrics
 
@@ -29,7 +29,7 @@ def test_nan_inf_loss_is_skipped_and_run_finishes(base, tmp_path):
     entries = {e["step"]: e for e in read_metrics(run) if "loss" in e}
     assert entries[3]["loss"] == "inf" and entries[4]["skipped"] == 2
     assert all(math.isfinite(entries[s]["loss"]) for s in (1, 2, 5, 6, 7, 8))
-    final = weights(latest_checkpoint(run))
+    final = weights(RunDir(run).latest_checkpoint())
     assert all(torch.isfinite(t).all() for t in final.values())
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from train_utils import new_run_dir, shared_base, slm_train, subprocess_env, summary, train_losses, weights, write_recipe
 
-from slmkit.train.checkpoint import latest_checkpoint, list_checkpoints, read_trainer_state
+from slmkit.pipeline.rundir import RunDir
+from slmkit.train.checkpoint import read_trainer_state
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +27,24 @@ def test_resume_after_sigkill_is_exact(base, tmp_path):
     killed = new_run_dir(base, tmp_path / "killed")
     crash = slm_train(recipe, killed, env=subprocess_env(SLMKIT_FAULT_KILL_AT_STEP="12"))
     assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
-    assert latest_checkpoint(killed).name == "step-000010"
+    assert RunDir(killed).latest_checkpoint().name == "step-000010"
     assert max(train_losses(killed)) == 11  # step 12 died before logging
 
     resumed = summary(slm_train(recipe, killed))  # default: resume from ckpt/latest
     assert resumed["steps"] == 20
 
-    a, b = weights(latest_checkpoint(straight)), weights(latest_checkpoint(killed))
+    a, b = weights(RunDir(straight).latest_checkpoint()), weights(RunDir(killed).latest_checkpoint())
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    opt_a = torch.load(latest_checkpoint(straight) / "optimizer.pt", weights_only=True)
-    opt_b = torch.load(latest_checkpoint(killed) / "optimizer.pt", weights_only=True)
+    opt_a = torch.load(RunDir(straight).latest_checkpoint() / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(RunDir(killed).latest_checkpoint() / "optimizer.pt", weights_only=True)
     for idx, state in opt_a["state"].items():
         assert torch.equal(state["exp_avg_sq"], opt_b["state"][idx]["exp_avg_sq"])
     # metrics.jsonl describes one history: steps 11.. from the dead run were replaced
     assert train_losses(straight) == train_losses(killed)
-    ranks_a = read_trainer_state(latest_checkpoint(straight))["ranks"]
-    ranks_b = read_trainer_state(latest_checkpoint(killed))["ranks"]
+    ranks_a = read_trainer_state(RunDir(straight).latest_checkpoint())["ranks"]
+    ranks_b = read_trainer_state(RunDir(killed).latest_checkpoint())["ranks"]
     assert ranks_a == ranks_b  # same data position and RNG states
 
 
@@ -56,6 +57,6 @@ def test_resume_extends_a_finished_run_and_keeps_last(base, tmp_path):
     assert again["steps"] == 10 and again["checkpoint"] == first["checkpoint"]
     longer = summary(slm_train(recipe, run, "train.max_steps=15"))
     assert longer["steps"] == 15
-    assert [p.name for p in list_checkpoints(run)] == ["step-000010", "step-000015"]  # keep_last=2
+    assert [p.name for p in RunDir(run).checkpoints()] == ["step-000010", "step-000015"]  # keep_last=2
     assert (run / "ckpt" / "latest").resolve().name == "step-000015"
     assert sorted(train_losses(run)) == list(range(1, 16))

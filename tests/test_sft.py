@@ -115,7 +115,7 @@ def test_code_template_trains_the_body(tokenizer):
 
 def test_packed_batches_shift_labels_and_keep_every_response_token(tokenizer, datasets):
     recipe = gsm8k_recipe(datasets)
-    batches = list(sft.iter_sft_eval_batches(recipe, "unused", tokenizer, batch_size=4, max_batches=None))
+    batches = list(sft.iter_sft_eval_batches(recipe, tokenizer, batch_size=4, max_batches=None))
     examples, _ = sft._prepare(recipe, tokenizer, "val")
     expected = np.concatenate([ex.ids[1:][ex.trained[1:]] for ex in examples])
     got = []
@@ -142,7 +142,7 @@ def test_truncation_and_dropping(tokenizer, datasets):
     recipe.data.seq_len = 7
     recipe.data.val_fraction = 0.0
     with pytest.raises(SlmError, match="data.seq_len"):
-        sft.build_sft_loader(recipe, "unused", tokenizer, "train", 2, 0)
+        sft.build_sft_loader(recipe, tokenizer, "train", 2, 0)
 
 
 # --------------------------------------------------------------------------- loader
@@ -158,20 +158,20 @@ def same(a, b) -> bool:
 
 def test_loader_is_deterministic_resumable_and_rank_sliced(tokenizer, datasets):
     recipe = gsm8k_recipe(datasets)
-    loader = sft.build_sft_loader(recipe, "unused", tokenizer, "train", batch_size=4, seed=7)
+    loader = sft.build_sft_loader(recipe, tokenizer, "train", batch_size=4, seed=7)
     assert loader.tokens_per_batch == 4 * 256
     first = take(loader, 3)
     state = loader.state_dict()
     rest = take(loader, 2)
-    again = sft.build_sft_loader(recipe, "unused", tokenizer, "train", batch_size=4, seed=7)
+    again = sft.build_sft_loader(recipe, tokenizer, "train", batch_size=4, seed=7)
     assert same(first, take(again, 3))
-    resumed = sft.build_sft_loader(recipe, "unused", tokenizer, "train", batch_size=4, seed=7)
+    resumed = sft.build_sft_loader(recipe, tokenizer, "train", batch_size=4, seed=7)
     resumed.load_state_dict(json.loads(json.dumps(state)))
     assert same(rest, take(resumed, 2))
-    other_seed = sft.build_sft_loader(recipe, "unused", tokenizer, "train", batch_size=4, seed=8)
+    other_seed = sft.build_sft_loader(recipe, tokenizer, "train", batch_size=4, seed=8)
     assert not same(first, take(other_seed, 3))
     # two ranks of batch 2 together equal one rank of batch 4
-    ranks = [sft.build_sft_loader(recipe, "unused", tokenizer, "train", 2, 7, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [sft.build_sft_loader(recipe, tokenizer, "train", 2, 7, rank=r, world_size=2) for r in (0, 1)]
     for whole in first:
         parts = [r.next_batch() for r in ranks]
         assert torch.equal(torch.cat([p["input_ids"] for p in parts]), whole["input_ids"])
@@ -183,7 +183,7 @@ def test_loader_wraps_epochs(tokenizer):
         {"task": "sft", "data": {"seq_len": 64}, "sft": {"path": str(FIXTURES / "sft_chat.jsonl"), "template": "chat",
                                                        "val_path": str(FIXTURES / "sft_chat.jsonl")}}
     )
-    loader = sft.build_sft_loader(recipe, "unused", tokenizer, "train", batch_size=4, seed=0)
+    loader = sft.build_sft_loader(recipe, tokenizer, "train", batch_size=4, seed=0)
     for _ in range(5):
         batch = loader.next_batch()
         assert batch["input_ids"].shape == (4, 64)
@@ -216,10 +216,9 @@ def test_bad_jsonl_names_file_and_line(tmp_path, lines, message):
 def test_missing_sft_path_is_a_recipe_error(tokenizer):
     recipe = recipe_from_dict({"task": "sft", "sft": {"path": "no/such/file.jsonl"}})
     with pytest.raises(SlmError, match="'sft.path'.*not found"):
-        sft.build_sft_loader(recipe, "unused", tokenizer, "train", 2, 0)
-    recipe = recipe_from_dict({"task": "sft"})
-    with pytest.raises(SlmError, match="'sft.path' is required"):
-        sft.build_sft_loader(recipe, "unused", tokenizer, "train", 2, 0)
+        sft.build_sft_loader(recipe, tokenizer, "train", 2, 0)
+    with pytest.raises(SlmError, match="'sft.path' is required"):  # refused when the recipe loads
+        recipe_from_dict({"task": "sft"})
 
 
 def test_relative_path_resolves_in_shared_datasets(datasets):

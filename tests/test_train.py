@@ -23,9 +23,10 @@ from train_utils import (
 )
 
 from slmkit.train import mfu as mfu_mod
-from slmkit.train.checkpoint import latest_checkpoint, read_trainer_state
+from slmkit.pipeline.rundir import RunDir
+from slmkit.train.checkpoint import read_trainer_state
 from slmkit.eval.loss import bits_per_byte, evaluate
-from slmkit.train.metrics import METRICS_FILE, read_metrics, truncate_metrics
+from slmkit.train.metrics import read_metrics, truncate_metrics
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_train_writes_metrics_tensorboard_and_hf_checkpoint(base, tmp_path):
     val = [e for e in entries if "val_loss" in e]
     assert [e["step"] for e in val] == [5, 10] and val[-1]["val_loss"] == pytest.approx(s["val_loss"])
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    ckpt = latest_checkpoint(run)
+    ckpt = RunDir(run).latest_checkpoint()
     assert ckpt.name == "step-000010" and s["checkpoint"] == str(ckpt)
     from transformers import AutoModelForCausalLM
 
@@ -81,7 +82,7 @@ def test_train_sigterm_writes_checkpoint_and_exits_cleanly(base, tmp_path):
     result = slm_train(recipe, run, env=subprocess_env(SLMKIT_FAULT_SIGNAL_AT_STEP="7"))
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "stopped at step 7 (SIGTERM)" in result.stderr
-    state = read_trainer_state(latest_checkpoint(run))
+    state = read_trainer_state(RunDir(run).latest_checkpoint())
     assert state["step"] == 7 and state["stopped"] == "SIGTERM"
     done = summary(slm_train(recipe, run))
     assert done["steps"] == 12 and sorted(train_losses(run)) == list(range(1, 13))
@@ -114,7 +115,7 @@ def test_train_sft_batches_from_pretrained_checkpoint(base, tmp_path):
     run = tmp_path / "sft"
     s = summary(slm_train(path, run))
     assert s["steps"] == 3 and math.isfinite(s["val_loss"]) and s["val_bpb"] is None
-    tok_config = json.loads((latest_checkpoint(run) / "tokenizer_config.json").read_text())
+    tok_config = json.loads((RunDir(run).latest_checkpoint() / "tokenizer_config.json").read_text())
     assert "Alice" in tok_config["chat_template"]
 
 
@@ -152,7 +153,7 @@ def test_evaluate_weights_batches_by_target_tokens():
 
 
 def test_metrics_file_drops_torn_lines_and_truncates(tmp_path):
-    (tmp_path / METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    RunDir(tmp_path).metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert [e["step"] for e in read_metrics(tmp_path)] == [1, 2]
     truncate_metrics(tmp_path, 1)
     assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]

@@ -7,40 +7,47 @@ import importlib
 import sys
 
 from slmkit import __version__
-from slmkit.errors import SlmError
+from slmkit.errors import BrokenInstallError, SlmError
 
-# Each module in slmkit.commands exposes `register(subparsers)`; heavy imports stay inside handlers
-# so that `slm --help` is fast.
-COMMAND_MODULES = [
-    "slmkit.commands.tokenizer",
-    "slmkit.commands.data",
-    "slmkit.commands.model",
-    "slmkit.commands.generate",
-    "slmkit.commands.train",
-    "slmkit.commands.run",
-]
+# Verbs that are not pipeline stages; the stage verbs come from the stage registry.
+TOOL_COMMANDS = ("slmkit.commands.run", "slmkit.commands.model", "slmkit.commands.generate")
+
+
+def command_modules() -> list[str]:
+    """Every verb's module: one per stage of `slmkit.pipeline.stages.STAGES`, then the tools."""
+    from slmkit.pipeline.stages import STAGES
+
+    return list(dict.fromkeys([*(stage.command for stage in STAGES.values()), *TOOL_COMMANDS]))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `slm` parser. Each command module exposes `register(subparsers)`; heavy imports stay inside
+    handlers so that `slm --help` is fast. A module that cannot be imported is an error, never a
+    silently missing verb."""
     parser = argparse.ArgumentParser(
         prog="slm",
         description="slmkit: train a tokenizer, prepare data, train, evaluate and sample small language models.",
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
-            raise
+        except ImportError as exc:
+            raise BrokenInstallError(
+                f"the command module {name} cannot be imported ({type(exc).__name__}: {exc}); "
+                "reinstall slmkit (pip install -e .)"
+            ) from None
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except SlmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     # Overrides may follow options (`--out DIR key=value`): argparse leaves those as extras.
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,15 +20,8 @@ import yaml
 
 from slmkit.errors import SlmError
 from slmkit.models.config import ModelConfig
+from slmkit.tokenizer import DEFAULT_SPECIAL_TOKENS
 
-DEFAULT_SPECIAL_TOKENS = [
-    "<|endoftext|>",  # document separator and end of generation
-    "<|pad|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|mask|>",  # diffusion / infilling
-]
 
 
 @dataclass
@@ -125,23 +120,33 @@ class SampleConfig:
     top_k: int | None = 50
     top_p: float | None = None
     seed: int = 0
+    device: str | None = None  # None = train.device
+
+
+@dataclass
+class EvalConfig:
+    """The eval stage (`slm eval`). Unset values fall back to the train section's."""
+
+    batches: int | None = None  # validation batches to score; None = train.eval_batches
+    batch_size: int | None = None  # None = train.batch_size
+    device: str | None = None  # None = train.device
 
 
 @dataclass
 class Recipe:
     name: str = "run"
     task: str = "pretrain"  # pretrain | sft
-    stages: list[str] = field(default_factory=lambda: ["tokenizer", "data", "train", "eval", "sample", "report"])
+    stages: list[str] | None = None  # None = every stage of the task's objective
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelRecipe = field(default_factory=ModelRecipe)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
-VALID_TASKS = ("pretrain", "sft")
-VALID_STAGES = ("tokenizer", "data", "train", "eval", "sample", "report")
+MAX_RECIPE_VALUES = 100_000  # a recipe is a few hundred values; more means YAML aliases gone wild
 
 
 # --------------------------------------------------------------------------- key listing
@@ -185,6 +190,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 60, 60, 3, 6, 6
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for error messages (a huge or deeply aliased value must not be expanded)."""
+    return _SHORT.repr(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert `value` to type `tp`, raising SlmError naming key, value and type."""
     origin = typing.get_origin(tp)
@@ -200,10 +214,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except SlmError as exc:
                 errors.append(exc)
-        raise SlmError(f"recipe key {key!r}: value {value!r} is not of type {_type_name(tp)}")
+        raise SlmError(f"recipe key {key!r}: value {_show(value)} is not of type {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise SlmError(f"recipe key {key!r}: expected a mapping, got {value!r}")
+            raise SlmError(f"recipe key {key!r}: expected a mapping, got {_show(value)}")
         return build(tp, value, key + ".")
     if origin is list:
         if not isinstance(value, list):
@@ -224,17 +238,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise SlmError(f"recipe key {key!r}: {_show(value)} is not a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise SlmError(f"recipe key {key!r}: value {value!r} is not of type {_type_name(tp)}")
+    raise SlmError(f"recipe key {key!r}: value {_show(value)} is not of type {_type_name(tp)}")
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -336,15 +355,23 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate(recipe: Recipe) -> Recipe:
-    """Cross-field checks that the type system cannot express."""
-    if recipe.task not in VALID_TASKS:
-        raise SlmError(f"recipe key 'task': {recipe.task!r} is not one of {', '.join(VALID_TASKS)}")
-    for stage in recipe.stages:
-        if stage not in VALID_STAGES:
-            hint = difflib.get_close_matches(stage, VALID_STAGES, n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise SlmError(f"recipe key 'stages': unknown stage {stage!r}{extra}")
+def _at_least(section: Any, prefix: str, minimum: int | float, *keys: str, optional: bool = False) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is None and optional:
+            continue
+        if value is None or value < minimum:
+            raise SlmError(f"recipe key '{prefix}.{key}' must be >= {minimum}, got {value}")
+
+
+def _check_seed(value: int, key: str) -> None:
+    if not 0 <= value < 2**63:
+        raise SlmError(f"recipe key {key!r} must be in [0, 2**63), got {value}")
+
+
+def _check_data(recipe: Recipe) -> None:
+    from slmkit.data.sources import check_source
+
     seen = set()
     for i, src in enumerate(recipe.data.sources):
         if not src.name:
@@ -356,29 +383,124 @@ def validate(recipe: Recipe) -> Recipe:
             raise SlmError(f"recipe key 'data.sources[{i}].type' is required")
         if not src.weight > 0:
             raise SlmError(f"recipe key 'data.sources[{i}].weight': weight must be > 0, got {src.weight}")
-    if recipe.data.seq_len < 2:
-        raise SlmError(f"recipe key 'data.seq_len' must be >= 2, got {recipe.data.seq_len}")
-    if not 0.0 <= recipe.data.val_fraction < 1.0:
-        raise SlmError(f"recipe key 'data.val_fraction' must be in [0, 1), got {recipe.data.val_fraction}")
-    if recipe.tokenizer.vocab_size < 256 + len(recipe.tokenizer.special_tokens):
-        need = 256 + len(recipe.tokenizer.special_tokens)
+        check_source(src, f"recipe key 'data.sources[{i}]' (source {src.name!r})")
+    data = recipe.data
+    if data.seq_len < 2:
+        raise SlmError(f"recipe key 'data.seq_len' must be >= 2, got {data.seq_len}")
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise SlmError(f"recipe key 'data.val_fraction' must be in [0, 1), got {data.val_fraction}")
+    _at_least(data, "data", 1, "shard_tokens")
+    _at_least(data, "data", 1, "mixture_tokens", optional=True)
+    _at_least(data, "data", 0, "workers")
+    _check_seed(data.seed, "data.seed")
+    tok = recipe.tokenizer
+    if tok.vocab_size < 256 + len(tok.special_tokens):
+        need = 256 + len(tok.special_tokens)
         raise SlmError(
-            f"recipe key 'tokenizer.vocab_size': {recipe.tokenizer.vocab_size} is too small for 256 byte "
-            f"tokens plus {len(recipe.tokenizer.special_tokens)} special tokens (need >= {need})"
+            f"recipe key 'tokenizer.vocab_size': {tok.vocab_size} is too small for 256 byte "
+            f"tokens plus {len(tok.special_tokens)} special tokens (need >= {need})"
         )
+    if not tok.special_tokens or len(set(tok.special_tokens)) != len(tok.special_tokens) or not all(tok.special_tokens):
+        raise SlmError("recipe key 'tokenizer.special_tokens' must be a non-empty list of distinct, non-empty tokens")
+    _at_least(tok, "tokenizer", 0, "min_frequency")
+    _at_least(tok, "tokenizer", 1, "max_train_bytes")
+
+
+def _check_model(recipe: Recipe) -> None:
+    from slmkit.models.presets import resolve_model_config
+
+    cfg = resolve_model_config(recipe.model)  # preset name, field names and values
+    if not recipe.train.init_from and cfg.max_seq_len < recipe.data.seq_len:
+        raise SlmError(
+            f"recipe key 'data.seq_len' ({recipe.data.seq_len}) exceeds the model context "
+            f"model.max_seq_len ({cfg.max_seq_len}); lower one or raise the other"
+        )
+
+
+def _check_train(recipe: Recipe) -> None:
+    from slmkit.device import PARALLEL_MODES, PRECISIONS, check_device_name
+    from slmkit.errors import did_you_mean
+    from slmkit.train.optim import resolve_optim_settings
+
+    tc = recipe.train
+    resolve_optim_settings(tc)  # optimizer preset, schedule and their numbers
+    for key, value, allowed in (("precision", tc.precision, PRECISIONS), ("parallel", tc.parallel, PARALLEL_MODES)):
+        if value not in allowed:
+            raise SlmError(f"recipe key 'train.{key}': {value!r} is not one of {', '.join(allowed)}"
+                           f"{did_you_mean(value, allowed)}")
+    check_device_name(tc.device, "recipe key 'train.device'")
+    _at_least(tc, "train", 1, "max_steps", "batch_size", "grad_accum")
+    _at_least(tc, "train", 0, "save_every", "log_every", "eval_every", "eval_batches", "keep_last", "max_bad_steps")
+    if tc.max_minutes is not None and not tc.max_minutes > 0:
+        raise SlmError(f"recipe key 'train.max_minutes' must be > 0 (or null for no limit), got {tc.max_minutes}")
+    _check_seed(tc.seed, "train.seed")
+
+
+def _check_eval_and_sample(recipe: Recipe) -> None:
+    from slmkit.device import check_device_name
+
+    ev, sample = recipe.eval, recipe.sample
+    _at_least(ev, "eval", 1, "batches", "batch_size", optional=True)
+    for key, value in (("eval.device", ev.device), ("sample.device", sample.device)):
+        if value is not None:
+            check_device_name(value, f"recipe key {key!r}")
+    _at_least(sample, "sample", 1, "max_new_tokens")
+    _at_least(sample, "sample", 1, "top_k", optional=True)
+    if not sample.temperature >= 0:
+        raise SlmError(f"recipe key 'sample.temperature' must be >= 0 (0 = greedy), got {sample.temperature}")
+    if sample.top_p is not None and not 0 < sample.top_p <= 1:
+        raise SlmError(f"recipe key 'sample.top_p' must be in (0, 1], got {sample.top_p}")
+    _check_seed(sample.seed, "sample.seed")
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Every value checked when the recipe loads, before any stage runs or anything is written:
+    enumerated keys (task, stages, precision, parallel, devices, optimizer, schedule, templates,
+    source types, model preset) against their registries, numbers against their ranges."""
+    from slmkit.objectives import get_objective
+    from slmkit.pipeline.stages import check_stages
+
+    objective = get_objective(recipe.task)
+    if recipe.stages is None:
+        recipe.stages = list(objective.stages)
+    check_stages(recipe)
+    _check_data(recipe)
+    _check_model(recipe)
+    _check_train(recipe)
+    _check_eval_and_sample(recipe)
+    objective.check(recipe)
     return recipe
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse mappings that expand (through YAML aliases) to more than MAX_RECIPE_VALUES values."""
+    count = 0
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise SlmError(f"{where}: the recipe expands to more than {MAX_RECIPE_VALUES:,} values "
+                           "(YAML anchors and aliases nested too deep?); write the values out")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load, override, type-check and validate a recipe."""
     data = load_raw(path)
+    _check_size(data, str(path))
     for text in overrides:
         apply_override(data, text)
+    _check_size(data, "overrides")
     return validate(build(Recipe, data))
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Build and validate a recipe from an in-memory mapping (tests, saved recipe.yaml)."""
+    _check_size(data, "recipe")
     return validate(build(Recipe, data))
 
 

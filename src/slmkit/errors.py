@@ -12,6 +12,12 @@ class SlmError(Exception):
     exit_code = 2
 
 
+class BrokenInstallError(SlmError):
+    """A part of slmkit itself is missing (a command module cannot be imported). Exit 1."""
+
+    exit_code = 1
+
+
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to `word` (difflib), or None when nothing is close."""
     candidates = list(candidates)

@@ -1,5 +1,7 @@
 """Byte-level BPE tokenizer: train with HF `tokenizers`, save `tokenizer.json`, load, special-token ids.
 
+This module owns the special tokens (their names, defaults and ids) and is the one writer of
+`tokenizer_config.json` / `special_tokens_map.json`, for run folders and checkpoints alike.
 The trained file loads in `tokenizers.Tokenizer.from_file` and `transformers.PreTrainedTokenizerFast`.
 Special tokens take ids 0..k-1 in recipe order (first = end-of-text, second = pad, last = mask).
 """
@@ -9,19 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from slmkit.config import Recipe
 from slmkit.errors import SlmError
-from slmkit.fileio import atomic_write_json, sha256_file
+from slmkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from slmkit.pipeline.rundir import TOKENIZER_FILE, RunDir
 
-TOKENIZER_FILE = "tokenizer.json"
-META_FILE = "tokenizer.meta.json"
+if TYPE_CHECKING:
+    from slmkit.config import Recipe
+
+HF_CONFIG_FILE = "tokenizer_config.json"
+HF_SPECIAL_MAP_FILE = "special_tokens_map.json"
 EOT, PAD, MASK = "<|endoftext|>", "<|pad|>", "<|mask|>"
+DEFAULT_SPECIAL_TOKENS = [
+    EOT,  # document separator and end of generation
+    PAD,
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    MASK,  # diffusion / infilling
+]
 
 
 def tokenizer_fingerprint(recipe: Recipe) -> str:
@@ -80,7 +93,25 @@ def _check_special_tokens(tok, specials: list[str], where: str) -> None:
         raise SlmError(f"{where} lacks the recipe's special tokens {missing}; set tokenizer.special_tokens to match")
 
 
-def train_tokenizer(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> Path:
+def tokenizer_is_current(recipe: Recipe, run: str | Path | RunDir) -> bool:
+    """RUN/tokenizer.json exists and was trained from this recipe (same fingerprint and file hash).
+
+    A tokenizer.json placed in the run folder without `tokenizer.meta.json` is used as is.
+    """
+    run = RunDir.of(run)
+    if not run.tokenizer.is_file():
+        return False
+    if not run.tokenizer_meta.exists():
+        return True
+    try:
+        meta = json.loads(run.tokenizer_meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return (isinstance(meta, dict) and meta.get("fingerprint") == tokenizer_fingerprint(recipe)
+            and meta.get("sha256") == sha256_file(run.tokenizer))
+
+
+def train_tokenizer(recipe: Recipe, run: str | Path | RunDir, progress: bool = True) -> Path:
     """Train (or reuse) RUN/tokenizer.json for the recipe and return its path.
 
     Reused when `tokenizer.meta.json` records the same fingerprint and file hash. With
@@ -88,27 +119,19 @@ def train_tokenizer(recipe: Recipe, run_dir: str | Path, progress: bool = True) 
     """
     from tokenizers import pre_tokenizers, trainers
 
-    run_dir = Path(run_dir)
-    out, meta_path = run_dir / TOKENIZER_FILE, run_dir / META_FILE
+    run = RunDir.of(run)
+    out = run.tokenizer
     cfg = recipe.tokenizer
-    fingerprint = tokenizer_fingerprint(recipe)
-    if out.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            meta = {}
-        if meta.get("fingerprint") == fingerprint and meta.get("sha256") == sha256_file(out):
-            _log(f"reusing {out} (same tokenizer config)")
-            return out
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run.tokenizer_meta.exists() and tokenizer_is_current(recipe, run):
+        _log(f"reusing {out} (same tokenizer config)")
+        return out
+    run.root.mkdir(parents=True, exist_ok=True)
     if cfg.path:
         src = Path(cfg.path).expanduser()
         if not src.is_file():
             raise SlmError(f"recipe key 'tokenizer.path': file not found: {src}")
         _check_special_tokens(load_tokenizer(src), cfg.special_tokens, str(src))
-        tmp = out.with_name(f".{out.name}.copy.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(out)
+        atomic_write_bytes(out, src.read_bytes())
     else:
         tok = build_tokenizer()
         trainer = trainers.BpeTrainer(
@@ -119,47 +142,49 @@ def train_tokenizer(recipe: Recipe, run_dir: str | Path, progress: bool = True) 
             show_progress=progress and sys.stdout.isatty(),  # it draws on stdout
         )
         tok.train_from_iterator(training_texts(recipe), trainer=trainer)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tok.save(str(tmp))
-        tmp.replace(out)
-    write_hf_config(run_dir, cfg.special_tokens)
-    meta = {"fingerprint": fingerprint, "sha256": sha256_file(out), "vocab_size": load_tokenizer(out).get_vocab_size()}
-    atomic_write_json(meta_path, meta)
+        atomic_write_text(out, tok.to_str(pretty=True))
+    trained = load_tokenizer(out)
+    write_hf_config(run.root, trained)
+    meta = {"fingerprint": tokenizer_fingerprint(recipe), "sha256": sha256_file(out),
+            "vocab_size": trained.get_vocab_size()}
+    atomic_write_json(run.tokenizer_meta, meta)
     _log(f"tokenizer: {out} (vocab {meta['vocab_size']})")
     return out
 
 
-def ensure_tokenizer(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> Path:
-    """RUN/tokenizer.json, training it when missing or when it was trained from a different config.
+def ensure_tokenizer(recipe: Recipe, run: str | Path | RunDir, progress: bool = True) -> Path:
+    """RUN/tokenizer.json, training it when missing or when it was trained from a different config."""
+    run = RunDir.of(run)
+    if tokenizer_is_current(recipe, run):
+        return run.tokenizer
+    return train_tokenizer(recipe, run, progress=progress)
 
-    A tokenizer.json placed in the run folder without `tokenizer.meta.json` is used as is.
+
+def write_hf_config(folder: str | Path, tok: Any, model_max_length: int | None = None,
+                    chat_template: str | None = None) -> None:
+    """tokenizer_config.json + special_tokens_map.json so `AutoTokenizer.from_pretrained(folder)` works.
+
+    The one writer of these files (run folders and checkpoints): special tokens come from `tok` itself.
     """
-    run_dir = Path(run_dir)
-    path, meta_path = run_dir / TOKENIZER_FILE, run_dir / META_FILE
-    if path.exists() and not meta_path.exists():
-        return path
-    if path.exists():
-        try:
-            current = json.loads(meta_path.read_text()).get("fingerprint") == tokenizer_fingerprint(recipe)
-        except json.JSONDecodeError:
-            current = False
-        if current:
-            return path
-    return train_tokenizer(recipe, run_dir, progress=progress)
-
-
-def write_hf_config(folder: str | Path, special_tokens: list[str]) -> None:
-    """tokenizer_config.json + special_tokens_map.json so `AutoTokenizer.from_pretrained(folder)` works."""
-    specials = special_map(special_tokens)
-    config = {
+    names = special_tokens(tok)
+    specials = special_map(names) if names else {}
+    config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000_000,
+        "model_max_length": model_max_length or 1_000_000_000,
         **specials,
-        "additional_special_tokens": [t for t in special_tokens if t not in specials.values()],
+        "additional_special_tokens": [t for t in names if t not in specials.values()],
     }
-    atomic_write_json(Path(folder) / "tokenizer_config.json", config)
-    atomic_write_json(Path(folder) / "special_tokens_map.json", specials)
+    if chat_template:
+        config["chat_template"] = chat_template
+    atomic_write_json(Path(folder) / HF_CONFIG_FILE, config)
+    atomic_write_json(Path(folder) / HF_SPECIAL_MAP_FILE, specials)
+
+
+def special_token_ids(tok: Any) -> dict[str, int | None]:
+    """bos/eos/pad ids for an HF config.json / generation_config.json (None when the token is absent)."""
+    eos = tok.token_to_id(EOT)
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": tok.token_to_id(PAD)}
 
 
 def special_map(special_tokens: list[str]) -> dict[str, str]:

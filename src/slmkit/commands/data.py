@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokenize + mix the sources into RUN/data (shards + manifest.json)",
         description="Tokenize the recipe's sources (training the tokenizer first if needed), drop exact "
         "duplicates, hold out data.val_fraction of documents by hash, mix by weight (effective epochs per "
-        "source) and write packed uint16/uint32 shards plus data/manifest.json. Reuses verified shards.",
+        "source) and write packed uint16/uint32 shards plus data/manifest.json. Reuses verified shards; "
+        "rebuilds missing or corrupt ones.",
     )
     add_recipe_args(prepare)
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -23,12 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from slmkit.commands.common import recipe_and_run_dir
-    from slmkit.data.prepare import prepare_data
+    from slmkit.commands.common import run_stage_command
 
-    recipe, run_dir = recipe_and_run_dir(args)
-    manifest = prepare_data(recipe, run_dir, progress=not args.quiet)
-    print_summary(manifest)
+    result = run_stage_command(args, "data prepare", "data", progress=not args.quiet)
+    from slmkit.pipeline.rundir import RunDir
+
+    print_summary(RunDir(result["run_dir"]).read_manifest())
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slmkit.commands.common import add_recipe_args, recipe_and_run_dir
+from slmkit.commands.common import add_recipe_args, opened_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,17 +14,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the stages listed in the recipe's `stages` key, in order. A stage whose output in the "
             "run folder is complete and current is reused; training resumes from the latest checkpoint. "
-            "Choose stages with an override, e.g. stages=[eval,report]."
+            "Choose stages with an override, e.g. stages=[eval,report]. Each stage is also a verb of its "
+            "own (slm tokenizer train, slm data prepare, slm train, slm eval, slm sample, slm report)."
         ),
     )
     add_recipe_args(parser)
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars or lines")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from slmkit.pipeline.stages import results_summary, run_stages
 
-    recipe, run_dir = recipe_and_run_dir(args)
-    run_stages(recipe, run_dir)
-    print(results_summary(run_dir))
+    with opened_run(args, "run") as (recipe, run):
+        run_stages(recipe, run, progress=args.progress)
+    print(results_summary(run))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slmkit.commands.common import add_recipe_args, recipe_and_run_dir
+from slmkit.commands.common import add_recipe_args, run_stage_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,10 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from slmkit.tokenizer import eos_id, load_tokenizer, mask_id, pad_id, train_tokenizer
+    from slmkit.pipeline.rundir import RunDir
+    from slmkit.tokenizer import eos_id, load_tokenizer, mask_id, pad_id
 
-    recipe, run_dir = recipe_and_run_dir(args)
-    path = train_tokenizer(recipe, run_dir)
+    path = RunDir(run_stage_command(args, "tokenizer train", "tokenizer")["run_dir"]).tokenizer
     tok = load_tokenizer(path)
     result = {
         "tokenizer": str(path),

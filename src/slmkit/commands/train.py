@@ -9,7 +9,7 @@ import argparse
 import json
 import signal
 
-from slmkit.commands.common import add_recipe_args, recipe_and_run_dir
+from slmkit.commands.common import add_recipe_args, opened_run
 
 EPILOG = """\
 examples:
@@ -32,7 +32,7 @@ prints a JSON summary on stdout. Exit code 0 when done or stopped by train.max_m
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a model from a recipe (runs missing tokenizer/data stages first)",
+        help="train a model from a recipe (runs the tokenizer/data stages it still needs first)",
         description=__doc__.splitlines()[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,16 +48,22 @@ def register(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Handler: load the recipe, open the run folder, train, print the summary as JSON."""
+    """Handler: load the recipe, open the run folder, run the missing earlier stages, train, print the summary."""
     import os
 
+    from slmkit.pipeline.stages import prerequisites, run_stages
     from slmkit.train.loop import train
 
-    recipe, run_dir = recipe_and_run_dir(args)
-    summary = train(recipe, run_dir, resume=args.resume, progress=args.progress)
+    def earlier_stages() -> None:  # rank 0 only, while the other ranks wait at a barrier
+        run_stages(recipe, run, prerequisites(recipe, run, "train"), progress=args.progress, record=False,
+                   preflight_for=["train"])
+
+    with opened_run(args, "train") as (recipe, run):
+        summary = train(recipe, run, resume=args.resume, progress=args.progress, prepare=earlier_stages)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     stopped = summary.get("stopped")
     if stopped in ("SIGINT", "SIGTERM"):
         return 128 + int(getattr(signal, stopped))
     return 0
+

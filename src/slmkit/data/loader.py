@@ -9,36 +9,36 @@ the concatenation of the W ranks' batches.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from slmkit.data.shards import TokenStream
+from slmkit.data.shards import TokenStream, shard_problems
 from slmkit.errors import SlmError
-
-MANIFEST = "manifest.json"
-
-
-def read_manifest(data_dir: str | Path) -> dict:
-    """The data manifest of `data_dir` (RUN/data), with a clear error when missing."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise SlmError(f"no data manifest at {path}; run `slm data prepare RECIPE` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SlmError(f"{path}:{exc.lineno}: malformed manifest ({exc.msg}); rerun `slm data prepare`") from None
+from slmkit.pipeline.rundir import read_manifest
 
 
-def open_stream(data_dir: str | Path, split: str) -> TokenStream:
-    """The concatenated tokens of one split."""
+def open_stream(data_dir: str | Path, split: str, verify: bool = False) -> TokenStream:
+    """The concatenated tokens of one split; with `verify`, corrupt or missing shards are refused.
+
+    Verification hashes each shard once and then trusts it while its size and modification time
+    stay the same (see `shard_problems`), so it costs nothing on a resume.
+    """
     manifest = read_manifest(data_dir)
     if split not in manifest["splits"]:
         raise SlmError(f"unknown split {split!r}; the manifest has {', '.join(manifest['splits'])}")
-    return TokenStream(data_dir, manifest["splits"][split]["shards"], manifest["dtype"])
+    shards = manifest["splits"][split]["shards"]
+    if verify:
+        problems = shard_problems(data_dir, shards, manifest["dtype"])
+        if problems:
+            run = Path(data_dir).parent
+            raise SlmError(
+                f"{Path(data_dir) / problems[0]}; the {split} shards cannot be trusted. Rebuild them with "
+                f"`slm data prepare {run / 'recipe.yaml'} --out {run}`"
+            )
+    return TokenStream(data_dir, shards, manifest["dtype"])
 
 
 def _num_blocks(stream: TokenStream, seq_len: int, split: str) -> int:
@@ -69,6 +69,7 @@ class BlockLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        verify: bool = False,
     ):
         if batch_size <= 0 or seq_len <= 0:
             raise SlmError(f"batch_size and seq_len must be > 0 (got {batch_size}, {seq_len})")
@@ -76,7 +77,7 @@ class BlockLoader:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.stream = open_stream(data_dir, split)
+        self.stream = open_stream(data_dir, split, verify=verify)
         self.n_blocks = _num_blocks(self.stream, seq_len, split)
         self.position = 0  # index of the next global-batch start in the endless block stream
         self._perm_epoch = -1

@@ -19,12 +19,12 @@ import numpy as np
 
 from slmkit.config import Recipe, SourceConfig
 from slmkit.data.mixture import build_mixture, doc_hash, is_val, plan_mixture
-from slmkit.data.shards import ShardWriter, dtype_for, gather, shard_problems
+from slmkit.data.shards import ShardWriter, dtype_for, gather, record_verified, shard_problems
 from slmkit.data.sources import LoadedSource, load_sources
 from slmkit.errors import SlmError
 from slmkit.fileio import atomic_write_json, sha256_file
+from slmkit.pipeline.rundir import RunDir, read_manifest
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 CHUNK_BYTES = 4 << 20  # text per encode_batch call (progress granularity)
@@ -63,11 +63,23 @@ def data_fingerprint(recipe: Recipe, tokenizer_sha256: str) -> str:
 
 def read_manifest_file(data_dir: str | Path) -> dict | None:
     """The manifest in `data_dir`, or None when absent or unreadable."""
-    path = Path(data_dir) / MANIFEST
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_manifest(data_dir)
+    except SlmError:
         return None
+
+
+def data_is_current(recipe: Recipe, run: str | Path | RunDir, verify: bool = True) -> bool:
+    """RUN/data was built for this recipe and the run's current tokenizer (and, with `verify`, every
+    shard still matches its recorded hash)."""
+    run = RunDir.of(run)
+    if not run.tokenizer.is_file():
+        return False
+    manifest = read_manifest_file(run.data)
+    fingerprint = data_fingerprint(recipe, sha256_file(run.tokenizer))
+    if not verify:
+        return bool(manifest) and manifest.get("fingerprint") == fingerprint
+    return reusable(manifest, fingerprint, run.data)[0]
 
 
 def reusable(manifest: dict | None, fingerprint: str, data_dir: Path) -> tuple[bool, list[str]]:
@@ -193,21 +205,20 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
-def prepare_data(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
+def prepare_data(recipe: Recipe, run: str | Path | RunDir, progress: bool = True) -> dict:
     """Build (or reuse) RUN/data: shards + manifest for the recipe. Returns the manifest."""
-    from tqdm import tqdm
-
-    from slmkit.tokenizer import TOKENIZER_FILE, ensure_tokenizer, eos_id, load_tokenizer
+    from slmkit.progress import progress_bar
+    from slmkit.tokenizer import ensure_tokenizer, eos_id, load_tokenizer
 
     cfg = recipe.data
     _set_workers(cfg.workers)
-    run_dir = Path(run_dir)
-    tok_path = ensure_tokenizer(recipe, run_dir, progress=progress)
+    run = RunDir.of(run)
+    tok_path = ensure_tokenizer(recipe, run, progress=progress)
     tok = load_tokenizer(tok_path)
     tok.encode_special_tokens = True  # "<|endoftext|>" inside a document is text, not a separator
     tok_sha = sha256_file(tok_path)
     fingerprint = data_fingerprint(recipe, tok_sha)
-    data_dir = run_dir / "data"
+    data_dir = run.data
     ok, problems = reusable(read_manifest_file(data_dir), fingerprint, data_dir)
     if ok:
         _log(f"reusing {data_dir} (same recipe and tokenizer, all shard hashes verified)")
@@ -222,7 +233,7 @@ def prepare_data(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
     eot = eos_id(tok)
     sources: list[SourceData] = []
     total = sum(len(t) for texts, _ in split_texts for split in SPLITS for t in texts[split])
-    with tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total, "tokenize", unit="B", unit_scale=True, enabled=progress) as bar:
         for src, (texts, dups) in zip(loaded, split_texts):
             data = SourceData(src.config, duplicates_removed=dups, skipped=dict(src.stats.skipped))
             for split in SPLITS:
@@ -241,7 +252,7 @@ def prepare_data(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
     val_order = shuffled_documents([d.splits["val"].docs for d in sources], cfg.seed + 1)
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)  # the manifest is written last: no manifest = no build
+    run.manifest.unlink(missing_ok=True)  # the manifest is written last: no manifest = no build
     splits = {
         "train": write_split(data_dir, "train", [d.splits["train"] for d in sources], mixture, cfg.shard_tokens, dtype),
         "val": write_split(data_dir, "val", [d.splits["val"] for d in sources], val_order, cfg.shard_tokens, dtype),
@@ -249,7 +260,7 @@ def prepare_data(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
     manifest = {
         "version": FORMAT_VERSION,
         "fingerprint": fingerprint,
-        "tokenizer": {"path": TOKENIZER_FILE, "vocab_size": vocab, "sha256": tok_sha, "eos_id": eot},
+        "tokenizer": {"path": run.label(run.tokenizer), "vocab_size": vocab, "sha256": tok_sha, "eos_id": eot},
         "dtype": dtype,
         "seq_len": cfg.seq_len,
         "seed": cfg.seed,
@@ -259,7 +270,8 @@ def prepare_data(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
         },
         "splits": splits,
     }
-    atomic_write_json(data_dir / MANIFEST, manifest)
+    record_verified(data_dir, [s for split in SPLITS for s in splits[split]["shards"]])
+    atomic_write_json(run.manifest, manifest)
     _remove_stale(data_dir, manifest)
     _log(f"data: {data_dir} ({splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens)")
     return manifest

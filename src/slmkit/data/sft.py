@@ -1,7 +1,7 @@
 """Supervised fine-tuning data: phi-1.5 prompt formats as named chat templates, jsonl reading,
 tokenization with loss only on response tokens, and a packed, resumable batch loader.
 
-Templates (phi-1.5, REFERENCE.md), shown for one exchange; `<eot>` is `<|endoftext|>`:
+Templates (phi-1.5, docs/REFERENCE.md), shown for one exchange; `<eot>` is `<|endoftext|>`:
 
     qa    "Question: {prompt}\\nAnswer: {response}<eot>"
     chat  "Alice: {prompt}\\nBob: {response}<eot>"          (turns joined by "\\n")
@@ -221,7 +221,7 @@ def load_sft_split(recipe: Any, split: str) -> list[list[dict[str, str]]]:
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     if not cfg.path:
-        raise SlmError("recipe key 'sft.path' is required for task: sft (a jsonl of prompt/response pairs)")
+        raise SlmError("recipe key 'sft.path' is required for fine-tuning (a jsonl of prompt/response pairs)")
     fields = (cfg.prompt_field, cfg.response_field, cfg.messages_field)
     if split == "val" and cfg.val_path:
         return read_sft_jsonl(resolve_sft_path(cfg.val_path, "sft.val_path"), *fields)
@@ -445,7 +445,6 @@ class SFTLoader:
 
 def build_sft_loader(
     recipe: Any,
-    run_dir: str | Path,
     tokenizer: Any,
     split: str,
     batch_size: int,
@@ -453,7 +452,7 @@ def build_sft_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> SFTLoader:
-    """The packed SFT loader of a recipe (task: sft) for `split` ("train" or "val")."""
+    """The packed SFT loader of a recipe's `sft` section for `split` ("train" or "val")."""
     examples, dropped = _prepare(recipe, tokenizer, split)
     return SFTLoader(
         examples, recipe.data.seq_len, batch_size, seed, pad_id(tokenizer), rank, world_size, dropped
@@ -461,7 +460,7 @@ def build_sft_loader(
 
 
 def iter_sft_eval_batches(
-    recipe: Any, run_dir: str | Path, tokenizer: Any, batch_size: int, max_batches: int | None
+    recipe: Any, tokenizer: Any, batch_size: int, max_batches: int | None
 ) -> Iterator[dict[str, Any]]:
     """Validation batches in a fixed order (no shuffle), at most `max_batches` (None = all)."""
     examples, _ = _prepare(recipe, tokenizer, "val")

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from slmkit.errors import SlmError
-from slmkit.fileio import sha256_file
+from slmkit.fileio import atomic_write_text, sha256_file, temp_file
 
 
 def dtype_for(vocab_size: int) -> str:
@@ -44,7 +44,7 @@ class ShardWriter:
     def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = shard_name(self.split, len(self.shards))
-        fd, self._tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        fd, self._tmp = temp_file(self.folder, name)
         self._file = os.fdopen(fd, "wb")
         self._hash, self._count = hashlib.sha256(), 0
 
@@ -95,20 +95,66 @@ class ShardWriter:
             self.abort()
 
 
+VERIFIED_CACHE = ".verified.json"  # shard name -> [size, mtime_ns, sha256] of its last full hash
+
+
+def _read_verified(folder: Path) -> dict:
+    try:
+        cache = json.loads((folder / VERIFIED_CACHE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_verified(folder: Path, cache: dict) -> None:
+    with contextlib.suppress(OSError):  # a read-only data folder only costs hashing again next time
+        atomic_write_text(folder / VERIFIED_CACHE, json.dumps(cache))
+
+
+def record_verified(folder: str | Path, shards: list[dict]) -> None:
+    """Remember the hashes of shards just written (so the first reuse need not hash them again)."""
+    folder = Path(folder)
+    cache = _read_verified(folder)
+    for shard in shards:
+        stat = (folder / shard["path"]).stat()
+        cache[shard["path"]] = [stat.st_size, stat.st_mtime_ns, shard["sha256"]]
+    _write_verified(folder, cache)
+
+
 def shard_problems(folder: str | Path, shards: list[dict], dtype: str) -> list[str]:
-    """Why the listed shards cannot be trusted (missing, wrong size, sha256 mismatch); [] when all are good."""
+    """Why the listed shards cannot be trusted (missing, wrong size, sha256 mismatch); [] when all are good.
+
+    Each problem starts with the shard's file name. A shard whose size and modification time match
+    the last full hash recorded in `folder/.verified.json` is not hashed again.
+    """
     folder = Path(folder)
     itemsize = np.dtype(dtype).itemsize
+    cache = _read_verified(folder)
+    fresh = dict(cache)
     problems = []
     for shard in shards:
         path = folder / shard["path"]
-        if not path.is_file():
+        try:
+            stat = path.stat()
+        except OSError:
             problems.append(f"{path.name} missing")
-        elif path.stat().st_size != shard["tokens"] * itemsize:
-            size, expected = path.stat().st_size, shard["tokens"] * itemsize
-            problems.append(f"{path.name} truncated ({size} bytes, expected {expected})")
-        elif sha256_file(path) != shard["sha256"]:
+            fresh.pop(path.name, None)
+            continue
+        expected = shard["tokens"] * itemsize
+        if stat.st_size != expected:
+            problems.append(f"{path.name} truncated ({stat.st_size} bytes, expected {expected})")
+            fresh.pop(path.name, None)
+            continue
+        key = [stat.st_size, stat.st_mtime_ns]
+        known = cache.get(path.name)
+        digest = known[2] if isinstance(known, list) and known[:2] == key else sha256_file(path)
+        if digest != shard["sha256"]:
             problems.append(f"{path.name} corrupt (sha256 mismatch)")
+            fresh.pop(path.name, None)
+            continue
+        fresh[path.name] = [*key, digest]
+    if fresh != cache:
+        _write_verified(folder, fresh)
     return problems
 
 

@@ -384,6 +384,18 @@ def get_loader(type_name: str, where: str = "") -> Loader:
     return SOURCES[type_name]
 
 
+def check_source(cfg: SourceConfig, where: str) -> None:
+    """Load-time checks of one source's options (no file access): its type and enumerated options."""
+    get_loader(cfg.type, where)
+    if cfg.max_docs is not None and cfg.max_docs <= 0:
+        raise SlmError(f"{where}: max_docs must be > 0, got {cfg.max_docs}")
+    if cfg.type in ("codefusion",) and cfg.split not in ("train", "test"):
+        raise SlmError(f"{where}: split must be train or test, got {cfg.split!r}{did_you_mean(cfg.split, ('train', 'test'))}")
+    options = {"codefusion": CODEFUSION_FILES, "codefusion-pretrain": CODEFUSION_SNIPPETS}.get(cfg.type)
+    if options is not None and cfg.language is not None:
+        _pick(options, cfg.language, cfg, "language")
+
+
 def iter_source(cfg: SourceConfig, stats: SourceStats | None = None) -> Iterator[Document]:
     """Documents of one source, honouring `max_docs`."""
     loader = get_loader(cfg.type, f"source {cfg.name!r}")

@@ -1,12 +1,14 @@
-"""Eval stage: validation loss and bits per byte of the latest checkpoint beside a unigram baseline.
+"""Eval stage: validation loss and bits per byte of a checkpoint beside a unigram baseline.
 
 Writes RUN/eval/val.json:
-    {"checkpoint", "step", "params", "task", "split": "val", "bytes_per_token",
+    {"checkpoint", "step", "params", "task", "split": "val", "bytes_per_token", "max_batches", "batch_size",
      "model":   {"loss", "bpb", "tokens"},      loss in nats per target token
      "unigram": {"loss", "bpb", "tokens"}}      add-one-smoothed train-token frequencies, same targets
 
-Both numbers are measured on exactly the same target tokens (the first `train.eval_batches` batches
-of the val split; for `task: sft` the response tokens of the val examples).
+Both numbers are measured on exactly the same target tokens: the first `eval.batches` validation
+batches of the run's objective (pretraining: blocks of the val split; SFT: the response tokens of
+the val examples). `val_rows` is the one view of that file that every renderer (the stage's table,
+`slm run`'s summary, the report page) uses.
 """
 
 from __future__ import annotations
@@ -21,60 +23,9 @@ import numpy as np
 
 from slmkit.errors import SlmError
 from slmkit.fileio import atomic_write_json
+from slmkit.pipeline.rundir import RunDir
 
-VAL_FILE = Path("eval") / "val.json"
-
-
-def checkpoint_info(run_dir: Path) -> tuple[Path, int]:
-    """(latest checkpoint folder, its step), SlmError when the run has none."""
-    from slmkit.train.checkpoint import latest_checkpoint, read_trainer_state
-
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise SlmError(f"{run_dir}: no checkpoint yet; run the train stage first (slm run RECIPE)")
-    return ckpt, int(read_trainer_state(ckpt).get("step", 0))
-
-
-def checkpoint_label(run_dir: Path, ckpt: Path) -> str:
-    """The checkpoint path relative to the run folder (ckpt/step-000200)."""
-    try:
-        return str(ckpt.resolve().relative_to(Path(run_dir).resolve()))
-    except ValueError:
-        return str(ckpt)
-
-
-def saved_for_latest_checkpoint(run_dir: str | Path, path: Path) -> dict | None:
-    """The JSON at `path` when it was written for the run's latest checkpoint, else None."""
-    import json
-
-    from slmkit.train.checkpoint import latest_checkpoint
-
-    ckpt = latest_checkpoint(run_dir)
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if ckpt is None or saved.get("checkpoint") != checkpoint_label(Path(run_dir), ckpt):
-        return None
-    return saved
-
-
-def train_token_counts(recipe: Any, run_dir: Path, tokenizer: Any, vocab_size: int) -> np.ndarray:
-    """Token frequencies of the training data: the train shards, or for SFT the train response tokens."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    if recipe.task == "sft":
-        from slmkit.data.sft import load_sft_split, tokenize_examples
-
-        conversations = load_sft_split(recipe, "train")
-        examples, _ = tokenize_examples(tokenizer, recipe.sft.template, conversations, recipe.data.seq_len + 1)
-        for ex in examples:
-            counts += np.bincount(ex.ids[1:][ex.trained[1:]], minlength=vocab_size)[:vocab_size]
-        return counts
-    from slmkit.data.loader import open_stream
-
-    for shard in open_stream(Path(run_dir) / "data", "train").maps:
-        counts += np.bincount(np.asarray(shard), minlength=vocab_size)[:vocab_size]
-    return counts
+ROW_NAMES = {"model": "model", "unigram": "unigram baseline"}
 
 
 def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
@@ -102,46 +53,59 @@ class TargetCounter:
             yield batch
 
 
-def evaluate_run(recipe: Any, run_dir: str | Path, max_batches: int | None = None, progress: bool = True) -> dict:
-    """Evaluate the latest checkpoint on the val split, write RUN/eval/val.json and return it."""
+def eval_settings(recipe: Any) -> dict[str, int]:
+    """The eval section resolved: batches and batch size (older recipes fall back to the train section)."""
+    cfg = recipe.eval
+    return {
+        "max_batches": cfg.batches if cfg.batches is not None else recipe.train.eval_batches,
+        "batch_size": cfg.batch_size if cfg.batch_size is not None else recipe.train.batch_size,
+    }
+
+
+def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None, progress: bool = True) -> dict:
+    """Evaluate `ckpt` (default: the latest checkpoint) on the val split, write RUN/eval/val.json, return it."""
     import torch
 
-    from slmkit.interop.hf import load_hf_folder
-    from slmkit.tokenizer import load_tokenizer
-    from slmkit.train.batches import eval_batches, val_bytes_per_token
-    from slmkit.train.distributed import resolve_device
+    from slmkit.device import resolve_device
     from slmkit.eval.loss import bits_per_byte, evaluate
+    from slmkit.interop.hf import load_hf_folder
+    from slmkit.objectives import get_objective
+    from slmkit.tokenizer import load_tokenizer
+    from slmkit.train.checkpoint import read_trainer_state
 
-    run_dir = Path(run_dir)
-    ckpt, step = checkpoint_info(run_dir)
-    max_batches = recipe.train.eval_batches if max_batches is None else max_batches
+    run = RunDir.of(run)
+    objective = get_objective(recipe.task)
+    ckpt = ckpt or run.require_checkpoint()
+    step = int(read_trainer_state(ckpt).get("step", 0))
+    settings = eval_settings(recipe)
+    max_batches = settings["max_batches"]
     start = time.perf_counter()
-    device = resolve_device(recipe.train.device)
+    device = resolve_device(recipe.eval.device or recipe.train.device, where="recipe key 'eval.device'")
     model = load_hf_folder(ckpt, device=device)
     tokenizer = load_tokenizer(ckpt)
     vocab = model.config.vocab_size
-    batches = eval_batches(recipe, run_dir, tokenizer, recipe.train.batch_size, max_batches)
+    batches = objective.eval_batches(recipe, run, tokenizer, settings["batch_size"], max_batches)
     if progress:
-        from tqdm import tqdm
+        from slmkit.progress import progress_iter
 
-        batches = tqdm(batches, total=max_batches, desc="eval", unit="batch", leave=False)
-    counter = TargetCounter(batches, vocab, tokenizer if recipe.task == "sft" else None)
+        batches = progress_iter(batches, total=max_batches, desc="eval", unit="batch", leave=False)
+    bytes_per_token = objective.val_bytes_per_token(recipe, run)
+    counter = TargetCounter(batches, vocab, tokenizer if bytes_per_token is None else None)
     with torch.inference_mode():
-        result = evaluate(model, counter, device=device)
+        result = evaluate(model, counter, device=device, loss_fn=lambda batch: objective.loss(model, batch))
     if not result["tokens"]:
-        raise SlmError(f"{run_dir}: the val split gave no target tokens to evaluate")
-    bytes_per_token = (
-        counter.nbytes / result["tokens"] if recipe.task == "sft" else val_bytes_per_token(recipe, run_dir)
-    )
-    log_p = unigram_log_probs(train_token_counts(recipe, run_dir, tokenizer, vocab))
+        raise SlmError(f"{run.root}: the val split gave no target tokens to evaluate")
+    if bytes_per_token is None:
+        bytes_per_token = counter.nbytes / result["tokens"]
+    log_p = unigram_log_probs(objective.train_token_counts(recipe, run, tokenizer, vocab))
     unigram_loss = float(-(counter.counts * log_p).sum() / counter.counts.sum())
     report = {
         "task": recipe.task,
         "split": "val",
-        "checkpoint": checkpoint_label(run_dir, ckpt),
+        "checkpoint": run.label(ckpt),
         "step": step,
         "params": sum(p.numel() for p in model.parameters()),
-        "max_batches": max_batches,
+        **settings,
         "bytes_per_token": bytes_per_token,
         "model": {"loss": result["loss"], "bpb": bits_per_byte(result["loss"], bytes_per_token),
                   "tokens": result["tokens"]},
@@ -149,22 +113,48 @@ def evaluate_run(recipe: Any, run_dir: str | Path, max_batches: int | None = Non
                     "tokens": int(counter.counts.sum())},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    atomic_write_json(run_dir / VAL_FILE, report)
+    atomic_write_json(run.val_results, report)
     return report
 
 
-def eval_is_current(recipe: Any, run_dir: str | Path) -> bool:
+def eval_is_current(recipe: Any, run: str | Path | RunDir) -> bool:
     """True when eval/val.json was computed for the latest checkpoint with the current settings."""
-    saved = saved_for_latest_checkpoint(run_dir, Path(run_dir) / VAL_FILE)
-    return saved is not None and saved.get("max_batches") == recipe.train.eval_batches
+    saved = RunDir.of(run).saved_for_latest_checkpoint(RunDir.of(run).val_results)
+    if saved is None:
+        return False
+    settings = eval_settings(recipe)
+    return saved.get("max_batches") == settings["max_batches"] and saved.get(
+        "batch_size", recipe.train.batch_size) == settings["batch_size"]
+
+
+def val_rows(report: dict) -> list[dict[str, Any]]:
+    """One row per entry of val.json ("model", "unigram baseline"): name, loss, bpb, ppl, tokens."""
+    rows = []
+    for key, name in ROW_NAMES.items():
+        entry = report.get(key) or {}
+        loss = entry.get("loss")
+        finite = isinstance(loss, (int, float)) and math.isfinite(loss)
+        rows.append({"name": name, "loss": loss, "bpb": entry.get("bpb"),
+                     "ppl": math.exp(loss) if finite and loss < 50 else None, "tokens": entry.get("tokens")})
+    return [r for r in rows if r["loss"] is not None]
+
+
+def _num(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def format_table(report: dict) -> str:
-    """A small text table: model vs unigram, loss / bpb / perplexity."""
-    lines = [f"{'val':<10} {'loss':>8} {'bpb':>8} {'ppl':>10} {'tokens':>10}"]
-    for name in ("model", "unigram"):
-        entry = report[name]
-        bpb = f"{entry['bpb']:.4f}" if entry.get("bpb") is not None else "-"
-        ppl = math.exp(entry["loss"]) if entry["loss"] < 50 else float("inf")
-        lines.append(f"{name:<10} {entry['loss']:>8.4f} {bpb:>8} {ppl:>10.2f} {entry['tokens']:>10,}")
+    """A small text table of `val_rows`: loss / bpb / perplexity / tokens."""
+    lines = [f"{'val':<17} {'loss':>8} {'bpb':>8} {'ppl':>10} {'tokens':>10}"]
+    for r in val_rows(report):
+        lines.append(f"{r['name']:<17} {_num(r['loss'], '.4f'):>8} {_num(r['bpb'], '.4f'):>8} "
+                     f"{_num(r['ppl'], '.2f'):>10} {_num(r['tokens'], ','):>10}")
     return "\n".join(lines)
+
+
+def format_line(report: dict) -> str:
+    """One line for summaries: model loss and bits per byte beside the baseline."""
+    rows = {r["name"]: r for r in val_rows(report)}
+    model, base = rows.get("model", {}), rows.get("unigram baseline", {})
+    return (f"{_num(model.get('loss'), '.4f')} nats/token, {_num(model.get('bpb'), '.4f')} bits/byte "
+            f"(unigram baseline {_num(base.get('loss'), '.4f')}, {_num(base.get('bpb'), '.4f')})")

@@ -8,15 +8,16 @@ given, tokenizer.json + tokenizer_config.json + special_tokens_map.json.
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmkit.errors import SlmError
-from slmkit.fileio import atomic_write_json, atomic_write_text
+from slmkit.fileio import atomic_write_bytes, atomic_write_json, new_file_mode, temp_file
 from slmkit.models.config import ModelConfig
+from slmkit.tokenizer import load_tokenizer, special_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "PhiForCausalLM": "phi"}
 FAMILY_ARCH = {family: arch for arch, family in ARCHITECTURES.items()}
-EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 
 # Our per-block parameter names -> HF's (under model.layers.{i}.). Fused projections map to a list
 # of HF tensors concatenated along dim 0.
@@ -113,8 +113,57 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+_HF_REQUIRED_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_HF_TYPES: dict[str, tuple[str, bool]] = {  # key -> (kind, null allowed), checked when the key is present
+    "architectures": ("list", True), "model_type": ("str", True), "hidden_act": ("str", False),
+    "rope_parameters": ("dict", True), "rope_scaling": ("dict", True),
+    "head_dim": ("int", True), "num_key_value_heads": ("int", True), "max_position_embeddings": ("int", False),
+    "rope_theta": ("number", True), "resid_pdrop": ("number", True), "initializer_range": ("number", False),
+    "rms_norm_eps": ("number", False), "layer_norm_eps": ("number", False), "partial_rotary_factor": ("number", False),
+    "tie_word_embeddings": ("bool", True), "attention_bias": ("bool", True), "mlp_bias": ("bool", True),
+    "qk_layernorm": ("bool", True),
+    **{key: ("int", False) for key in _HF_REQUIRED_INTS},
+}
+_ROPE_TYPES = {"rope_type": ("str", False), "type": ("str", False), "rope_theta": ("number", False),
+               "partial_rotary_factor": ("number", False)}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "list":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, {"str": str, "dict": dict, "bool": bool}[kind])
+
+
+def _check_hf_types(hf: Any, source: str) -> None:
+    """SlmError naming `source` and the key when config.json is not an object or a key has a bad type."""
+    want = {"int": "an integer >= 1", "number": "a finite number", "list": "a list of strings", "str": "a string",
+            "dict": "an object", "bool": "true or false"}
+    if not isinstance(hf, dict):
+        raise SlmError(f"{source}: expected a JSON object, got {type(hf).__name__}")
+    checks = [(key, hf[key], *_HF_TYPES[key]) for key in _HF_TYPES if key in hf]
+    for key in ("rope_parameters", "rope_scaling"):
+        if isinstance(hf.get(key), dict):
+            checks += [(f"{key}.{k}", hf[key][k], *_ROPE_TYPES[k]) for k in _ROPE_TYPES if k in hf[key]]
+    for key, value, kind, nullable in checks:
+        if not (value is None and nullable) and not _type_ok(value, kind):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise SlmError(f"{source}: key {key!r} must be {want[kind]}, got {shown}")
+
+
+def _validated(cfg: ModelConfig, source: str) -> ModelConfig:
+    try:
+        return cfg.validate()
+    except SlmError as exc:
+        raise SlmError(f"{source}: {exc}") from None
+
+
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Our ModelConfig from an HF config.json mapping (written by us or by transformers)."""
+    _check_hf_types(hf, source)
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in ARCHITECTURES), None)
     if arch is None:
@@ -124,6 +173,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         name = ", ".join(archs) or f"model_type {hf.get('model_type')!r}"
         raise SlmError(f"{source}: unsupported architecture {name}; supported: {', '.join(ARCHITECTURES)}")
     family = ARCHITECTURES[arch]
+    missing = [key for key in _HF_REQUIRED_INTS if key not in hf]
+    if missing:
+        raise SlmError(f"{source}: missing key(s) {', '.join(missing)}; not a complete model config")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
@@ -150,20 +202,20 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
             raise SlmError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported for llama (needs 'silu')")
         if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
             raise SlmError(f"{source}: attention_bias and mlp_bias must be equal")
-        return ModelConfig(
+        return _validated(ModelConfig(
             **common, norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", parallel_block=False,
             rotary_fraction=1.0, bias=bool(hf.get("attention_bias", False)), lm_head_bias=False,
-        ).validate()
+        ), source)
     if hf.get("qk_layernorm"):
         raise SlmError(f"{source}: phi with qk_layernorm is not supported")
     if hf.get("hidden_act", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
         raise SlmError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported for phi (needs 'gelu_new')")
     fraction = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
-    return ModelConfig(
+    return _validated(ModelConfig(
         **common, norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-5), mlp="gelu", parallel_block=True,
         rotary_fraction=float(fraction), bias=True, lm_head_bias=not common["tie_embeddings"],
         dropout=float(hf.get("resid_pdrop", 0.0) or 0.0),
-    ).validate()
+    ), source)
 
 
 # ---------------------------------------------------------------------------- weights
@@ -216,6 +268,11 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, sour
 
     from slmkit.models.decoder import Decoder
 
+    layers = {int(key.split(".")[2]) for key in hf_state if re.match(r"model\.layers\.\d+\.", key)}
+    if cfg.n_layers - 1 not in layers or max(layers) >= cfg.n_layers:  # before building a huge template
+        found = f"tensors for layers 0..{max(layers)}" if layers else "no model.layers.* tensors"
+        raise SlmError(f"{source}: config.json says {cfg.n_layers} layer(s) but the weights have {found}; "
+                       "the folder does not match its config.json")
     with torch.device("meta"):
         template = Decoder(cfg).state_dict()
     out: dict[str, torch.Tensor] = {}
@@ -230,45 +287,29 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, sour
         target = _BLOCK_NAMES[cfg.family][name]
         prefix = f"model.layers.{layer}."
         if isinstance(target, list):
-            out[key] = torch.cat([take(f"{prefix}{part}.{leaf}") for part in target], dim=0)
+            parts = [take(f"{prefix}{part}.{leaf}") for part in target]
+            if len({p.shape[1:] for p in parts}) > 1 or any(p.dim() == 0 for p in parts):
+                shapes = ", ".join(f"{prefix}{part}.{leaf} {tuple(p.shape)}" for part, p in zip(target, parts))
+                raise SlmError(f"{source}: tensors of mismatched shapes: {shapes}")
+            out[key] = torch.cat(parts, dim=0)
         else:
             out[key] = take(f"{prefix}{target}.{leaf}")
+    bad = [f"{key} {tuple(out[key].shape)} (needs {tuple(t.shape)})" for key, t in template.items()
+           if out[key].shape != t.shape]
+    if bad:
+        raise SlmError(f"{source}: tensor shapes do not match config.json: {'; '.join(bad[:3])}"
+                       + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
     return out
 
 
 # ---------------------------------------------------------------------------- folders
 
 
-def _special_ids(tokenizer_file: Path | None) -> dict[str, int | None]:
-    if tokenizer_file is None:
-        return {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    from tokenizers import Tokenizer
+def _write_tokenizer(folder: Path, tok: Any, tokenizer_file: Path, max_len: int, chat_template: str | None) -> None:
+    from slmkit.tokenizer import TOKENIZER_FILE, write_hf_config
 
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
-    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad}
-
-
-def _write_tokenizer(folder: Path, tokenizer_file: Path, max_len: int, chat_template: str | None) -> None:
-    shutil.copyfile(tokenizer_file, folder / ".tokenizer.json.tmp")
-    os.replace(folder / ".tokenizer.json.tmp", folder / "tokenizer.json")
-    vocab = json.loads(Path(tokenizer_file).read_text(encoding="utf-8")).get("added_tokens", [])
-    added = {t["content"] for t in vocab}
-    special: dict[str, Any] = {}
-    if EOS_TOKEN in added:
-        special.update(bos_token=EOS_TOKEN, eos_token=EOS_TOKEN)
-    if PAD_TOKEN in added:
-        special["pad_token"] = PAD_TOKEN
-    tok_config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": max_len,
-        "clean_up_tokenization_spaces": False,
-        **special,
-    }
-    if chat_template:
-        tok_config["chat_template"] = chat_template
-    atomic_write_json(folder / "tokenizer_config.json", tok_config)
-    atomic_write_json(folder / "special_tokens_map.json", special)
+    atomic_write_bytes(folder / TOKENIZER_FILE, tokenizer_file.read_bytes())
+    write_hf_config(folder, tok, model_max_length=max_len, chat_template=chat_template)
 
 
 def save_hf_folder(
@@ -296,26 +337,25 @@ def save_hf_folder(
     state = state_dict if state_dict is not None else model.state_dict()
     dtype = next(iter(state.values())).dtype
     hf_state = state_dict_to_hf({k: v.cpu() for k, v in state.items()}, cfg)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".safetensors.tmp")
+    fd, tmp = temp_file(folder, "model.safetensors")
     os.close(fd)
     try:
         save_file(hf_state, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, new_file_mode())  # safetensors recreates the file 0600
         os.replace(tmp, folder / "model.safetensors")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    ids = _special_ids(tokenizer_file)
+    tok = load_tokenizer(tokenizer_file) if tokenizer_file is not None else None
+    ids = special_token_ids(tok) if tok is not None else dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"))
     hf_config = {**config_to_hf(cfg), **ids, "dtype": str(dtype).removeprefix("torch.")}
     hf_config["slmkit"] = {"model_config": cfg.to_dict()}
     atomic_write_json(folder / "config.json", hf_config)
     atomic_write_json(folder / "generation_config.json", {k: v for k, v in ids.items() if v is not None})
     if tokenizer_file is not None:
-        _write_tokenizer(folder, tokenizer_file, cfg.max_seq_len, chat_template)
+        _write_tokenizer(folder, tok, tokenizer_file, cfg.max_seq_len, chat_template)
     for name, content in (extra_files or {}).items():
-        if isinstance(content, bytes):
-            (folder / name).write_bytes(content)
-        else:
-            atomic_write_text(folder / name, content)
+        atomic_write_bytes(folder / name, content if isinstance(content, bytes) else content.encode("utf-8"))
     return folder
 
 
@@ -328,21 +368,42 @@ def read_hf_config(folder: str | Path) -> ModelConfig:
         hf = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SlmError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    return config_from_hf(hf, source=str(path))
+    except (UnicodeDecodeError, OSError) as exc:
+        raise SlmError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+    try:
+        return config_from_hf(hf, source=str(path))
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:  # a case the checks missed
+        raise SlmError(f"{path}: not a usable model config ({type(exc).__name__}: {exc})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """load_file, with SlmError naming the file when it is truncated, garbage or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise SlmError(f"{path}: not a readable safetensors file ({reason}); the checkpoint is damaged "
+                       "or incomplete") from None
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     single = folder / "model.safetensors"
     if single.is_file():
-        return load_file(single)
+        return _load_safetensors(single)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            if not all(isinstance(name, str) for name in files):
+                raise TypeError("shard names must be strings")
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            raise SlmError(f"{index}: not a valid safetensors index ({type(exc).__name__}: {exc})") from None
         state: dict[str, torch.Tensor] = {}
         for name in files:
-            state.update(load_file(folder / name))
+            state.update(_load_safetensors(folder / name))
         return state
     raise SlmError(f"{folder}: no model.safetensors (or sharded index); .bin checkpoints are not supported")
 
@@ -365,7 +426,10 @@ def load_hf_folder(
         model = Decoder(cfg)
     model.to_empty(device=device or "cpu")
     model.to(dtype=dtype or torch.float32)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing / unexpected / mis-shaped tensors; several lines from torch
+        raise SlmError(f"{folder}: weights do not fit config.json ({' '.join(str(exc).split())})") from None
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.reset_rope()

@@ -1,7 +1,7 @@
 """RUN/report.html: one self-contained page with the loss curve, the numbers, the settings and samples.
 
-Inputs (all optional except recipe.yaml): metrics.jsonl, eval/val.json, samples.json,
-data/manifest.json. The loss picture is drawn with matplotlib (Agg), saved as RUN/loss.png and
+Inputs (all optional except recipe.yaml): `RunDir.report_inputs()` (metrics, eval results, samples,
+data manifest). The loss picture is drawn with matplotlib (Agg), saved as RUN/loss.png and
 embedded in the page as base64, so the HTML file can be mailed or opened anywhere on its own.
 """
 
@@ -11,46 +11,37 @@ import base64
 import hashlib
 import html
 import io
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from slmkit.fileio import atomic_write_bytes, atomic_write_text
+from slmkit.pipeline.rundir import RunDir
 
-REPORT_FILE = "report.html"
-PLOT_FILE = "loss.png"
-INPUT_FILES = ("recipe.yaml", "metrics.jsonl", "eval/val.json", "samples.json", "data/manifest.json")
 _MARK = "<!-- slmkit-report inputs="
 _LAYOUT_VERSION = b"2"  # bump when the page changes, so existing reports are redrawn
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def inputs_fingerprint(run_dir: str | Path) -> str:
+def inputs_fingerprint(run: str | Path | RunDir) -> str:
     """Hash of the files the report is made from; the report is current when it records the same."""
+    run = RunDir.of(run)
     h = hashlib.sha256(_LAYOUT_VERSION)
-    for name in INPUT_FILES:
-        path = Path(run_dir) / name
-        h.update(name.encode())
+    for path in run.report_inputs():
+        h.update(run.label(path).encode())
         h.update(path.read_bytes() if path.is_file() else b"<missing>")
     return h.hexdigest()[:16]
 
 
-def report_is_current(run_dir: str | Path) -> bool:
+def report_is_current(run: str | Path | RunDir) -> bool:
     """True when RUN/report.html exists and was made from the current inputs."""
-    path = Path(run_dir) / REPORT_FILE
+    run = RunDir.of(run)
+    path = run.report
     if not path.is_file():
         return False
     with open(path, encoding="utf-8") as f:
         first = f.readline()
-    return first.startswith(_MARK) and first[len(_MARK) :].split(" ", 1)[0] == inputs_fingerprint(run_dir)
+    return first.startswith(_MARK) and first[len(_MARK) :].split(" ", 1)[0] == inputs_fingerprint(run)
 
 
 # --------------------------------------------------------------------------- plot
@@ -132,16 +123,13 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _eval_table(val: dict[str, Any]) -> str:
-    model, unigram = val.get("model", {}), val.get("unigram", {})
+    from slmkit.eval.perplexity import val_rows
+
     head = "<tr><th></th><th>loss (nats/token)</th><th>bits per byte</th><th>perplexity</th><th>tokens</th></tr>"
     rows = []
-    for name, entry in (("model", model), ("unigram baseline", unigram)):
-        if not entry:
-            continue
-        loss = entry.get("loss")
-        ppl = math.exp(loss) if _finite(loss) and loss < 50 else None
-        cells = [_fmt(loss), _fmt(entry.get("bpb")), _fmt(ppl, 2), _fmt(entry.get("tokens"))]
-        rows.append(f"<tr><th>{_esc(name)}</th>" + "".join(f"<td class='num'>{_esc(c)}</td>" for c in cells) + "</tr>")
+    for r in val_rows(val):
+        cells = [_fmt(r["loss"]), _fmt(r["bpb"]), _fmt(r["ppl"], 2), _fmt(r["tokens"])]
+        rows.append(f"<tr><th>{_esc(r['name'])}</th>" + "".join(f"<td class='num'>{_esc(c)}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -191,16 +179,17 @@ def _duration(seconds: float) -> str:
 # --------------------------------------------------------------------------- page
 
 
-def build_report(run_dir: str | Path) -> str:
+def build_report(run: str | Path | RunDir) -> str:
     """The report page of a run folder as an HTML string (also writes RUN/loss.png when there is data)."""
     from slmkit.train.metrics import read_metrics
 
-    run_dir = Path(run_dir)
-    recipe_text = (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").is_file() else ""
-    metrics = read_metrics(run_dir)
-    val = _read_json(run_dir / "eval" / "val.json")
-    samples = _read_json(run_dir / "samples.json")
-    manifest = _read_json(run_dir / "data" / "manifest.json")
+    run = RunDir.of(run)
+    run_dir = run.root
+    recipe_text = run.recipe.read_text(encoding="utf-8") if run.recipe.is_file() else ""
+    metrics = read_metrics(run)
+    val = run.read_json(run.val_results)
+    samples = run.read_json(run.samples_json)
+    manifest = run.read_json(run.manifest)
     unigram = (val or {}).get("unigram", {}).get("loss")
     png = loss_plot_png(metrics, unigram)
     name = run_dir.name
@@ -219,7 +208,7 @@ def build_report(run_dir: str | Path) -> str:
         body += ["<h2>Validation</h2>", _eval_table(val)]
     body.append("<h2>Loss curve</h2>")
     if png:
-        atomic_write_bytes(run_dir / PLOT_FILE, png)
+        atomic_write_bytes(run.loss_plot, png)
         data = base64.b64encode(png).decode("ascii")
         body.append(f"<img alt='training and validation loss by step' src='data:image/png;base64,{data}'>")
     else:
@@ -228,16 +217,16 @@ def build_report(run_dir: str | Path) -> str:
         body += ["<h2>Samples</h2>", _samples_html(samples)]
     body += ["<h2>Settings (recipe.yaml)</h2>", f"<pre>{_esc(recipe_text)}</pre>"]
     return (
-        f"{_MARK}{inputs_fingerprint(run_dir)} -->\n<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"{_MARK}{inputs_fingerprint(run)} -->\n<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>slmkit report: {_esc(name)}</title><style>{_CSS}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run: str | Path | RunDir) -> Path:
     """Write RUN/report.html (and RUN/loss.png) and return the report path."""
-    run_dir = Path(run_dir)
-    path = run_dir / REPORT_FILE
-    atomic_write_text(path, build_report(run_dir))
+    run = RunDir.of(run)
+    path = run.report
+    atomic_write_text(path, build_report(run))
     return path

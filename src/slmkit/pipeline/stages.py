@@ -1,8 +1,14 @@
-"""The ordered stage runner behind `slm run`: tokenizer -> data -> train -> eval -> sample -> report.
+"""The stage registry and runner: tokenizer -> data -> train -> eval -> sample -> report.
 
-Each stage knows when its output in the run folder is complete and current; such a stage is
-reused, not redone. Training always goes through the trainer, which resumes from the latest
-checkpoint and returns at once when the run is already finished.
+`STAGES` is the one list of stages. `slm run` runs the recipe's `stages` in order and every stage
+is also a CLI verb of its own (`Stage.command` names its module), built from this registry by
+`slmkit.cli`. A stage knows when its output in the run folder is complete and current; such a
+stage is reused, not redone. What a stage means for a kind of training is the objective's business
+(`slmkit.objectives`): this module never looks at the task's name.
+
+A stage runs its prerequisites (`requires`, those that apply to the objective) first when their
+output is missing or was made from other inputs, so `slm train` on a fresh folder trains the
+tokenizer and prepares the data through the same runner as `slm run`.
 """
 
 from __future__ import annotations
@@ -12,76 +18,77 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slmkit.config import Recipe
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, did_you_mean
 from slmkit.fileio import atomic_write_json
+from slmkit.pipeline.rundir import RunDir
 
-RUN_FILE = "run.json"
+if TYPE_CHECKING:
+    from slmkit.config import Recipe
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a recipe: `is_current` says whether its output can be reused; `run` makes it."""
+    """One step of a recipe.
+
+    is_current(recipe, run): its output is complete and made from the current inputs (reuse it).
+    is_made(recipe, run): cheaper test used for prerequisites: the output exists for these inputs.
+    run(recipe, run, progress): makes the output.
+    """
 
     name: str
+    command: str  # module of the CLI verb that runs this stage alone
     output: str  # what it writes, for messages
-    is_current: Callable[[Recipe, Path], bool]
-    run: Callable[[Recipe, Path], Any]
+    requires: tuple[str, ...]
+    is_current: Callable[[Recipe, RunDir], bool]
+    run: Callable[..., Any]
+    is_made: Callable[[Recipe, RunDir], bool] | None = None
 
 
 # --------------------------------------------------------------------------- stage functions
 
 
-def _tokenizer_current(recipe: Recipe, run_dir: Path) -> bool:
-    import json
+def _objective(recipe: Recipe):
+    from slmkit.objectives import get_objective
 
-    from slmkit.fileio import sha256_file
-    from slmkit.tokenizer import META_FILE, TOKENIZER_FILE, tokenizer_fingerprint
-
-    tok, meta = run_dir / TOKENIZER_FILE, run_dir / META_FILE
-    try:
-        saved = json.loads(meta.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return tok.is_file() and saved.get("fingerprint") == tokenizer_fingerprint(recipe) and saved.get(
-        "sha256"
-    ) == sha256_file(tok)
+    return get_objective(recipe.task)
 
 
-def _run_tokenizer(recipe: Recipe, run_dir: Path) -> Any:
-    from slmkit.tokenizer import train_tokenizer
-
-    return train_tokenizer(recipe, run_dir)
+def _tokenizer_current(recipe: Recipe, run: RunDir) -> bool:
+    return _objective(recipe).tokenizer_is_current(recipe, run)
 
 
-def _data_current(recipe: Recipe, run_dir: Path) -> bool:
-    from slmkit.data.prepare import data_fingerprint, read_manifest_file, reusable
-    from slmkit.fileio import sha256_file
-    from slmkit.tokenizer import TOKENIZER_FILE
-
-    tok = run_dir / TOKENIZER_FILE
-    if not tok.is_file():
-        return False
-    data_dir = run_dir / "data"
-    return reusable(read_manifest_file(data_dir), data_fingerprint(recipe, sha256_file(tok)), data_dir)[0]
+def _run_tokenizer(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
+    return _objective(recipe).make_tokenizer(recipe, run, progress=progress)
 
 
-def _run_data(recipe: Recipe, run_dir: Path) -> Any:
+def _data_current(recipe: Recipe, run: RunDir) -> bool:
+    from slmkit.data.prepare import data_is_current
+
+    return data_is_current(recipe, run)
+
+
+def _data_made(recipe: Recipe, run: RunDir) -> bool:
+    from slmkit.data.prepare import data_is_current
+
+    return data_is_current(recipe, run, verify=False)  # the trainer verifies the shards it reads
+
+
+def _run_data(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
     from slmkit.data.prepare import prepare_data
 
-    return prepare_data(recipe, run_dir)
+    return prepare_data(recipe, run, progress=progress)
 
 
-def _train_current(recipe: Recipe, run_dir: Path) -> bool:
+def _train_current(recipe: Recipe, run: RunDir) -> bool:
     """Finished: the latest checkpoint reached train.max_steps or spent the train.max_minutes budget.
 
     A run stopped by a signal or a kill resumes; a larger max_steps or max_minutes continues it.
     """
-    from slmkit.train.checkpoint import latest_checkpoint, read_trainer_state
+    from slmkit.train.checkpoint import read_trainer_state
 
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = run.latest_checkpoint()
     if ckpt is None:
         return False
     state = read_trainer_state(ckpt)
@@ -90,156 +97,169 @@ def _train_current(recipe: Recipe, run_dir: Path) -> bool:
     return state.get("step", 0) >= recipe.train.max_steps or out_of_time
 
 
-def _run_train(recipe: Recipe, run_dir: Path) -> Any:
+def _has_checkpoint(recipe: Recipe, run: RunDir) -> bool:
+    return run.latest_checkpoint() is not None
+
+
+def _run_train(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
     from slmkit.train.loop import train
 
-    return train(recipe, run_dir, resume=True, progress=True)
+    return train(recipe, run, resume=True, progress=progress)
 
 
-def _eval_current(recipe: Recipe, run_dir: Path) -> bool:
+def _eval_current(recipe: Recipe, run: RunDir) -> bool:
     from slmkit.eval.perplexity import eval_is_current
 
-    return eval_is_current(recipe, run_dir)
+    return eval_is_current(recipe, run)
 
 
-def _run_eval(recipe: Recipe, run_dir: Path) -> Any:
+def _run_eval(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
     from slmkit.eval.perplexity import evaluate_run, format_table
 
-    result = evaluate_run(recipe, run_dir)
+    result = evaluate_run(recipe, run, progress=progress)
     print(format_table(result), file=sys.stderr)
     return result
 
 
-def _sample_current(recipe: Recipe, run_dir: Path) -> bool:
+def _sample_current(recipe: Recipe, run: RunDir) -> bool:
     from slmkit.pipeline.sample import samples_are_current
 
-    return samples_are_current(recipe, run_dir)
+    return samples_are_current(recipe, run)
 
 
-def _run_sample(recipe: Recipe, run_dir: Path) -> Any:
+def _run_sample(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
     from slmkit.pipeline.sample import sample_run
 
-    return sample_run(recipe, run_dir)
+    return sample_run(recipe, run)
 
 
-def _report_current(recipe: Recipe, run_dir: Path) -> bool:
+def _report_current(recipe: Recipe, run: RunDir) -> bool:
     from slmkit.pipeline.report import report_is_current
 
-    return report_is_current(run_dir)
+    return report_is_current(run)
 
 
-def _run_report(recipe: Recipe, run_dir: Path) -> Any:
+def _run_report(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
     from slmkit.pipeline.report import write_report
 
-    return write_report(run_dir)
+    return write_report(run)
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("tokenizer", "tokenizer.json", _tokenizer_current, _run_tokenizer),
-        Stage("data", "data/manifest.json", _data_current, _run_data),
-        Stage("train", "ckpt/", _train_current, _run_train),
-        Stage("eval", "eval/val.json", _eval_current, _run_eval),
-        Stage("sample", "samples.md", _sample_current, _run_sample),
-        Stage("report", "report.html", _report_current, _run_report),
+        Stage("tokenizer", "slmkit.commands.tokenizer", "tokenizer.json", (), _tokenizer_current, _run_tokenizer),
+        Stage("data", "slmkit.commands.data", "data/manifest.json", ("tokenizer",), _data_current, _run_data,
+              _data_made),
+        Stage("train", "slmkit.commands.train", "ckpt/", ("tokenizer", "data"), _train_current, _run_train,
+              _has_checkpoint),
+        Stage("eval", "slmkit.commands.eval", "eval/val.json", (), _eval_current, _run_eval),
+        Stage("sample", "slmkit.commands.sample", "samples.md", (), _sample_current, _run_sample),
+        Stage("report", "slmkit.commands.report", "report.html", (), _report_current, _run_report),
     )
 }
 
 
+# --------------------------------------------------------------------------- recipe checks
+
+
+def check_stages(recipe: Recipe) -> None:
+    """Every name in `stages` is a stage, and one that applies to the recipe's objective."""
+    objective = _objective(recipe)
+    for stage in recipe.stages:
+        if stage not in STAGES:
+            raise SlmError(f"recipe key 'stages': unknown stage {stage!r}{did_you_mean(stage, STAGES)}; "
+                           f"stages: {', '.join(STAGES)}")
+        if stage not in objective.stages:
+            raise SlmError(f"recipe key 'stages': stage {stage!r} does not apply to task: {objective.name} "
+                           f"(its stages: {', '.join(objective.stages)})")
+
+
 # --------------------------------------------------------------------------- runner
-
-
-def preflight(recipe: Recipe, run_dir: Path) -> None:
-    """Fail fast, before any stage runs, on inputs a later stage would miss (SFT data, init checkpoint)."""
-    if recipe.task != "sft":
-        return
-    from slmkit.data.sft import get_template, resolve_sft_path
-
-    get_template(recipe.sft.template)
-    if not recipe.sft.path:
-        raise SlmError("recipe key 'sft.path' is required for task: sft (a jsonl of prompt/response pairs)")
-    resolve_sft_path(recipe.sft.path)
-    if recipe.sft.val_path:
-        resolve_sft_path(recipe.sft.val_path, "sft.val_path")
-    if recipe.train.init_from and "train" in recipe.stages:
-        from slmkit.train.checkpoint import latest_checkpoint, resolve_checkpoint
-
-        if latest_checkpoint(run_dir) is None and not Path(recipe.train.init_from).exists():
-            raise SlmError(
-                f"recipe key 'train.init_from': {recipe.train.init_from} does not exist; pretrain first "
-                "(slm run recipes/quickstart.yaml) or set train.init_from=PATH to a checkpoint folder"
-            )
-        resolve_checkpoint(recipe.train.init_from)
 
 
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_stages(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Run the recipe's `stages` in order, reusing complete outputs; returns and writes RUN/run.json.
+def plan(recipe: Recipe, run: RunDir, names: list[str]) -> list[tuple[str, bool]]:
+    """(stage, requested) in run order: `names`, each preceded by the prerequisites it still needs."""
+    applies = _objective(recipe).stages
+    out: list[tuple[str, bool]] = []
 
-    run.json: {"run_dir", "stages": [{"name", "status": "ran" | "reused", "seconds"}], "train": summary}.
-    """
-    run_dir = Path(run_dir)
-    preflight(recipe, run_dir)
-    record: dict[str, Any] = {"run_dir": str(run_dir), "stages": []}
-    names = list(recipe.stages)
-    for i, name in enumerate(names, start=1):
+    def add(name: str, requested: bool) -> None:
+        if any(n == name for n, _ in out):
+            return
         stage = STAGES[name]
-        prefix = f"[{i}/{len(names)}] {name}"
+        for dep in stage.requires:
+            if dep in applies and dep not in names:
+                made = STAGES[dep].is_made or STAGES[dep].is_current
+                if not made(recipe, run):
+                    add(dep, False)
+        out.append((name, requested))
+
+    for name in names:
+        add(name, True)
+    return out
+
+
+def prerequisites(recipe: Recipe, run: RunDir, name: str) -> list[str]:
+    """The earlier stages `name` needs that are not made yet, in run order."""
+    return [n for n, requested in plan(recipe, run, [name]) if not requested]
+
+
+def run_stages(recipe: Recipe, run: str | Path | RunDir, names: list[str] | None = None,
+               log: Callable[[str], None] = _log, progress: bool = True, record: bool = True,
+               preflight_for: list[str] | None = None) -> dict[str, Any]:
+    """Run `names` (default: the recipe's `stages`) in order with their missing prerequisites,
+    reusing complete outputs. Returns {"run_dir", "stages": [{"name", "status", "seconds"}], "train"?}
+    and, with `record`, writes it to RUN/run.json. Inputs of `preflight_for` (default: `names`) are
+    checked before anything runs."""
+    run = RunDir.of(run)
+    names = list(recipe.stages if names is None else names)
+    objective = _objective(recipe)
+    for name in names:
+        if name not in objective.stages:
+            raise SlmError(f"stage {name!r} does not apply to task: {objective.name} "
+                           f"(its stages: {', '.join(objective.stages)})")
+    objective.preflight(recipe, run, names if preflight_for is None else preflight_for)
+    steps = plan(recipe, run, names)
+    result: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
+    for i, (name, requested) in enumerate(steps, start=1):
+        stage = STAGES[name]
+        prefix = f"[{i}/{len(steps)}] {name}" + ("" if requested else " (needed first)")
         start = time.perf_counter()
-        if stage.is_current(recipe, run_dir):
-            log(f"{prefix}: reusing {run_dir / stage.output}")
+        if stage.is_current(recipe, run):
+            log(f"{prefix}: reusing {run.root / stage.output}")
             status = "reused"
         else:
             log(f"{prefix}: running")
-            result = stage.run(recipe, run_dir)
+            output = stage.run(recipe, run, progress=progress)
             status = "ran"
             if name == "train":
-                record["train"] = result
+                result["train"] = output
         seconds = round(time.perf_counter() - start, 2)
-        record["stages"].append({"name": name, "status": status, "seconds": seconds})
+        result["stages"].append({"name": name, "status": status, "seconds": seconds})
         log(f"{prefix}: {status} in {seconds:.1f}s")
-    atomic_write_json(run_dir / RUN_FILE, record)
-    return record
+    if record:
+        atomic_write_json(run.run_record, result)
+    return result
 
 
-def results_summary(run_dir: str | Path) -> str:
+def results_summary(run: str | Path | RunDir) -> str:
     """Where the results are: report, checkpoint, val numbers, samples (only what exists)."""
-    import json
+    from slmkit.eval.perplexity import format_line
 
-    from slmkit.train.checkpoint import latest_checkpoint
-
-    run_dir = Path(run_dir)
-    lines = [f"results in {run_dir}"]
-    if (run_dir / "report.html").is_file():
-        lines.append(f"  report:     {run_dir / 'report.html'}")
-    ckpt = latest_checkpoint(run_dir)
+    run = RunDir.of(run)
+    lines = [f"results in {run.root}"]
+    if run.report.is_file():
+        lines.append(f"  report:     {run.report}")
+    ckpt = run.latest_checkpoint()
     if ckpt is not None:
-        lines.append(f"  checkpoint: {_relative(ckpt, run_dir)}")
-    try:
-        val = json.loads((run_dir / "eval" / "val.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        val = None
-    if val:
-        model, unigram = val["model"], val["unigram"]
-        lines.append(
-            f"  val loss:   {model['loss']:.4f} nats/token, {_bpb(model)} bits/byte "
-            f"(unigram baseline {unigram['loss']:.4f}, {_bpb(unigram)})"
-        )
-    if (run_dir / "samples.md").is_file():
-        lines.append(f"  samples:    {run_dir / 'samples.md'}")
+        lines.append(f"  checkpoint: {run.root / run.label(ckpt)}")
+    val = run.read_json(run.val_results)
+    if isinstance(val, dict):
+        lines.append(f"  val loss:   {format_line(val)}")
+    if run.samples_md.is_file():
+        lines.append(f"  samples:    {run.samples_md}")
     return "\n".join(lines)
-
-
-def _bpb(entry: dict) -> str:
-    return f"{entry['bpb']:.4f}" if entry.get("bpb") is not None else "-"
-
-
-def _relative(path: Path, run_dir: Path) -> str:
-    try:
-        return str(run_dir / path.resolve().relative_to(run_dir.resolve()))
-    except ValueError:
-        return str(path)

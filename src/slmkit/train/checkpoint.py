@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 
 from slmkit.errors import SlmError
 from slmkit.fileio import atomic_write_json, replace_dir
+from slmkit.pipeline.rundir import STATE_FILE, RunDir, resolve_checkpoint
 from slmkit.train.distributed import (
     DistEnv,
     barrier,
@@ -32,52 +32,8 @@ from slmkit.train.distributed import (
     sharded_state,
 )
 
-CKPT_DIR = "ckpt"
-LATEST = "latest"
-STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
 DCP_DIR = "dcp"
-_STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run (those with trainer_state.json), oldest first."""
-    root = Path(run_dir) / CKPT_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        m = _STEP_RE.match(path.name)
-        if m and path.is_dir() and not path.is_symlink() and (path / STATE_FILE).is_file():
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder (following ckpt/latest when it is valid), or None."""
-    link = Path(run_dir) / CKPT_DIR / LATEST
-    if link.is_symlink() or link.is_dir():
-        target = link.resolve()
-        if (target / STATE_FILE).is_file():
-            return target
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a step folder, `ckpt/latest`, a `ckpt/` folder or a run folder."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path.resolve()
-    for run_dir in (path, path.parent):
-        found = latest_checkpoint(run_dir)
-        if found is not None and (path == run_dir or path.name == CKPT_DIR):
-            return found
-    raise SlmError(f"{path}: no checkpoint found (expected a folder with config.json, or a run folder with ckpt/)")
 
 
 def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
@@ -101,29 +57,31 @@ def load_model_from_checkpoint(path: str | Path, device: torch.device | str | No
 # --------------------------------------------------------------------------- layout
 
 
-def clean_temp(run_dir: str | Path) -> None:
+def clean_temp(run: str | Path | RunDir) -> None:
     """Remove half-written checkpoints left by a killed run (rank 0 only)."""
-    root = Path(run_dir) / CKPT_DIR
+    root = RunDir.of(run).ckpt_root
     if root.is_dir():
         for path in root.glob(".step-*.tmp"):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _update_latest(root: Path, name: str) -> None:
-    tmp = root / ".latest.tmp"
+def _update_latest(run: RunDir, name: str) -> None:
+    link = run.latest_link
+    tmp = link.with_name(f".{link.name}.tmp")
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(name, tmp)
-    os.replace(tmp, root / LATEST)
+    os.replace(tmp, link)
 
 
-def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
+def prune(run: str | Path | RunDir, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps all); returns the deleted."""
     if keep_last <= 0:
         return []
-    found = list_checkpoints(run_dir)
+    run = RunDir.of(run)
+    found = run.checkpoints()
     keep = set(found[-keep_last:])
-    latest = latest_checkpoint(run_dir)
+    latest = run.latest_checkpoint()
     deleted = [p for p in found if p not in keep and p != latest]
     for path in deleted:
         shutil.rmtree(path, ignore_errors=True)
@@ -133,7 +91,7 @@ def prune(run_dir: str | Path, keep_last: int) -> list[Path]:
 # --------------------------------------------------------------------------- save / load
 
 
-def save_checkpoint(run_dir: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(run: str | Path | RunDir, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     parallel: str, env: DistEnv, trainer_state: dict[str, Any], keep_last: int,
                     tokenizer_file: Path | None = None, chat_template: str | None = None) -> Path:
     """Write ckpt/step-NNNNNN atomically (every rank must call this), point `latest` at it, prune.
@@ -143,9 +101,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model: nn.Module, optimizer: to
     """
     from slmkit.interop.hf import save_hf_folder
 
-    root = run_dir / CKPT_DIR
-    tmp = root / f".{step_name(step)}.tmp"
-    final = root / step_name(step)
+    run = RunDir.of(run)
+    final = run.step_dir(step)
+    tmp = final.with_name(f".{final.name}.tmp")
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -163,8 +121,8 @@ def save_checkpoint(run_dir: Path, step: int, *, model: nn.Module, optimizer: to
     if env.is_main:
         atomic_write_json(tmp / STATE_FILE, trainer_state)
         replace_dir(tmp, final)  # re-saving a step (after --no-resume) replaces the old folder
-        _update_latest(root, final.name)
-        prune(run_dir, keep_last)
+        _update_latest(run, final.name)
+        prune(run, keep_last)
     barrier(env)
     return final
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from slmkit.device import PARALLEL_MODES, resolve_device
 from slmkit.errors import SlmError
 
-PARALLEL_MODES = ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -38,18 +38,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return dist.is_available() and dist.is_initialized()
-
-
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK when available, else cpu; 'cuda' without a GPU is an error."""
-    if pref not in ("auto", "cpu", "cuda"):
-        raise SlmError(f"recipe key 'train.device': {pref!r} is not one of auto, cpu, cuda")
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise SlmError("recipe key 'train.device' is 'cuda' but no CUDA GPU is visible; use train.device=cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device_pref: str, parallel: str) -> DistEnv:
@@ -119,18 +107,20 @@ def broadcast_object(obj, env: DistEnv):
 
 
 class LossModule(nn.Module):
-    """forward(batch) = model.loss(batch), so DDP and torch.compile see the whole loss as one call."""
+    """forward(batch) = loss_fn(model, batch) (the objective's loss), so DDP and torch.compile see the
+    whole loss as one call."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor]) -> None:
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.loss(batch)
+        return self.loss_fn(self.model, batch)
 
 
-def parallelize(model: nn.Module, parallel: str, env: DistEnv, compile: bool = False,
-                reshard_after_forward: bool = True) -> nn.Module:
+def parallelize(model: nn.Module, loss_fn: Callable[[nn.Module, dict], torch.Tensor], parallel: str,
+                env: DistEnv, compile: bool = False, reshard_after_forward: bool = True) -> nn.Module:
     """Wrap `model` (in place for FSDP) and return the module whose forward(batch) is the loss.
 
     fsdp: every block of `model.layers`, then the model itself, is `fully_shard`-ed (FSDP2);
@@ -145,8 +135,8 @@ def parallelize(model: nn.Module, parallel: str, env: DistEnv, compile: bool = F
                 layer.compile()
             fully_shard(layer, reshard_after_forward=reshard_after_forward)
         fully_shard(model, reshard_after_forward=reshard_after_forward)
-        return LossModule(model)
-    step_module = LossModule(model)
+        return LossModule(model, loss_fn)
+    step_module = LossModule(model, loss_fn)
     if compile:
         step_module.compile()
     if parallel == "ddp":

@@ -1,32 +1,30 @@
-"""The training loop: `train(recipe, run_dir)` pretrains or fine-tunes a decoder and checkpoints it.
+"""The training loop: `train(recipe, run)` trains the run's objective and checkpoints it.
 
-One step = `grad_accum` micro-batches of `batch_size` blocks on each of the world's processes,
-then one optimizer update. The loop knows the model only through `model.loss(batch)` and
-`model.layers`; parallelism (distributed.py), checkpoints (checkpoint.py), faults (faults.py) and
-what is shown and recorded (metrics.py) live beside it.
+One step = `grad_accum` micro-batches of `batch_size` rows on each of the world's processes,
+then one optimizer update. The loop knows the model only through its objective (which builds it,
+feeds it batches and computes `objective.loss(model, batch)`) and `model.layers` (for FSDP);
+parallelism (distributed.py), checkpoints (checkpoint.py), faults (faults.py) and what is shown and
+recorded (metrics.py) live beside it. It needs the run's earlier stages done (the stage runner
+runs them): the tokenizer, and whatever data the objective reads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from slmkit.device import autocast_for, resolve_precision
 from slmkit.errors import SlmError
-from slmkit.train import batches as batch_sources
-from slmkit.train.checkpoint import (
-    clean_temp,
-    latest_checkpoint,
-    load_checkpoint,
-    read_trainer_state,
-    save_checkpoint,
-)
+from slmkit.objectives import get_objective
+from slmkit.pipeline.rundir import RunDir
+from slmkit.train.checkpoint import clean_temp, load_checkpoint, read_trainer_state, save_checkpoint
 from slmkit.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -48,40 +46,6 @@ from slmkit.train.mfu import peak_flops
 from slmkit.train.optim import build_optimizer, resolve_optim_settings
 from slmkit.train.rng import rng_state, seed_everything, set_rng_state
 from slmkit.train.schedule import build_scheduler
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (AVX512-BF16 / AMX), where bf16 autocast pays off."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(pref: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, else fp32.
-
-    Weights, gradients and optimizer states stay fp32; bf16/fp16 only autocast the computation."""
-    if pref not in PRECISIONS:
-        raise SlmError(f"recipe key 'train.precision': {pref!r} is not one of {', '.join(PRECISIONS)}")
-    if pref == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if pref == "fp16" and device.type != "cuda":
-        raise SlmError("recipe key 'train.precision': fp16 (with GradScaler) needs CUDA; use bf16 or fp32 on CPU")
-    return pref
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A factory of autocast contexts for the precision (a null context for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
 
 @dataclass
 class Progress:
@@ -110,19 +74,21 @@ def summary_from_state(state: dict[str, Any], ckpt: Path | None, stopped: str) -
     }
 
 
-def train(recipe, run_dir: str | Path, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train per `recipe.train` into `run_dir`, resuming from its latest checkpoint when `resume`.
+def train(recipe, run: str | Path | RunDir, resume: bool = True, progress: bool = True,
+          prepare: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train per `recipe.train` into the run folder, resuming from its latest checkpoint when `resume`.
 
-    Runs the data stage first when run_dir/data/manifest.json is missing. Returns a summary
-    (steps, loss, val_loss, val_bpb, checkpoint, tokens, wall_time_s, skipped_steps, stopped) where
-    stopped is 'complete', 'time limit' or the signal name ('SIGINT', 'SIGTERM').
+    `prepare` (e.g. the stage runner making the tokenizer and data) runs on rank 0 before any rank
+    reads the run folder.
+
+    Returns a summary (steps, loss, val_loss, val_bpb, checkpoint, tokens, wall_time_s, skipped_steps,
+    stopped) where stopped is 'complete', 'time limit' or the signal name ('SIGINT', 'SIGTERM').
     """
-    run_dir = Path(run_dir)
+    run = RunDir.of(run)
     tc = recipe.train
-    settings = resolve_optim_settings(tc)  # validate the recipe before starting anything
-    _check_train_keys(tc)
+    settings = resolve_optim_settings(tc)
     env = init_distributed(tc.device, tc.parallel)
-    trainer = _Trainer(recipe, run_dir, settings, env, resume, progress)
+    trainer = _Trainer(recipe, run, settings, env, resume, progress, prepare)
     clean = False
     try:
         result = trainer.run()
@@ -136,20 +102,14 @@ def train(recipe, run_dir: str | Path, resume: bool = True, progress: bool = Tru
         shutdown(env, clean=clean)
 
 
-def _check_train_keys(tc) -> None:
-    for key in ("max_steps", "batch_size", "grad_accum"):
-        if getattr(tc, key) < 1:
-            raise SlmError(f"recipe key 'train.{key}' must be >= 1, got {getattr(tc, key)}")
-    for key in ("save_every", "log_every", "eval_every"):
-        if getattr(tc, key) < 0:
-            raise SlmError(f"recipe key 'train.{key}' must be >= 0 (0 = never), got {getattr(tc, key)}")
-
-
 class _Trainer:
     """State of one invocation of `train`; `run()` does setup, the loop and the final checkpoint."""
 
-    def __init__(self, recipe, run_dir: Path, settings, env: DistEnv, resume: bool, progress: bool) -> None:
-        self.recipe, self.tc, self.run_dir = recipe, recipe.train, run_dir
+    def __init__(self, recipe, run: RunDir, settings, env: DistEnv, resume: bool, progress: bool,
+                 prepare: Callable[[], None] | None = None) -> None:
+        self.recipe, self.tc, self.rundir = recipe, recipe.train, run
+        self.objective = get_objective(recipe.task)
+        self.prepare = prepare
         self.settings, self.env, self.resume, self.show_progress = settings, env, resume, progress
         self.precision = resolve_precision(self.tc.precision, env.device)
         self.autocast = autocast_for(self.precision, env.device)
@@ -162,37 +122,23 @@ class _Trainer:
     # ------------------------------------------------------------------ setup
 
     def _find_checkpoint(self) -> Path | None:
-        ckpt = latest_checkpoint(self.run_dir)
+        ckpt = self.rundir.latest_checkpoint()
         if ckpt is not None and not self.resume:
             raise SlmError(
-                f"{self.run_dir} already holds checkpoints (latest {ckpt.name}); resume, use another --out, "
-                f"or delete {self.run_dir / 'ckpt'} to start over"
+                f"{self.rundir.root} already holds checkpoints (latest {ckpt.name}); resume, use another --out, "
+                f"or delete {self.rundir.ckpt_root} to start over"
             )
         return ckpt
 
     def _build_model(self, tokenizer) -> None:
-        from slmkit.models import build_model, resolve_model_config
-
         tc, env = self.tc, self.env
         seed_everything(tc.seed)
-        if tc.init_from:
-            from slmkit.interop.hf import load_hf_folder
-            from slmkit.train.checkpoint import resolve_checkpoint
-
-            model = load_hf_folder(resolve_checkpoint(tc.init_from)).train()
-            if model.config.vocab_size < tokenizer.get_vocab_size():
-                raise SlmError(
-                    f"recipe key 'train.init_from': the model's vocabulary ({model.config.vocab_size}) is smaller "
-                    f"than the run's tokenizer ({tokenizer.get_vocab_size()}); use the checkpoint's tokenizer"
-                )
-        else:
-            cfg = resolve_model_config(self.recipe.model, vocab_size=tokenizer.get_vocab_size())
-            if cfg.max_seq_len < self.recipe.data.seq_len:
-                raise SlmError(
-                    f"recipe key 'data.seq_len' ({self.recipe.data.seq_len}) exceeds the model context "
-                    f"model.max_seq_len ({cfg.max_seq_len}); lower one or raise the other"
-                )
-            model = build_model(cfg)
+        model = self.objective.build_model(self.recipe, tokenizer.get_vocab_size())
+        if model.config.max_seq_len < self.recipe.data.seq_len:
+            raise SlmError(
+                f"recipe key 'data.seq_len' ({self.recipe.data.seq_len}) exceeds the model context "
+                f"model.max_seq_len ({model.config.max_seq_len}); lower one or raise the other"
+            )
         model.to(env.device).train()
         if tc.activation_checkpointing:
             model.set_activation_checkpointing(True)
@@ -201,23 +147,21 @@ class _Trainer:
 
     def _setup(self, ckpt: Path | None) -> None:
         tc, env, recipe = self.tc, self.env, self.recipe
-        tokenizer = batch_sources.load_run_tokenizer(self.run_dir)
+        from slmkit.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.rundir.tokenizer)
         self._build_model(tokenizer)
-        self.step_module = parallelize(self.model, tc.parallel, env, compile=tc.compile,
+        self.step_module = parallelize(self.model, self.objective.loss, tc.parallel, env, compile=tc.compile,
                                        reshard_after_forward=tc.reshard_after_forward)
         self.params = local_params(self.model)
         self.optimizer = build_optimizer(self.model, self.settings)
         self.scheduler = build_scheduler(self.optimizer, self.settings, tc.max_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.loader = batch_sources.train_loader(recipe, self.run_dir, tokenizer, tc.batch_size, tc.seed,
-                                                 env.rank, env.world_size)
+        self.loader = self.objective.train_loader(recipe, self.rundir, tokenizer, tc.batch_size, tc.seed,
+                                                  env.rank, env.world_size)
         self.tokenizer = tokenizer
-        self.bytes_per_token = batch_sources.val_bytes_per_token(recipe, self.run_dir)
-        self.chat_template = None
-        if recipe.task == "sft":
-            from slmkit.data.sft import chat_template
-
-            self.chat_template = chat_template(recipe.sft.template)
+        self.bytes_per_token = self.objective.val_bytes_per_token(recipe, self.rundir)
+        self.chat_template = self.objective.chat_template(recipe)
         if ckpt is not None:
             self._restore(ckpt)
         from slmkit.models.accounting import flops_per_token
@@ -304,10 +248,11 @@ class _Trainer:
         tc = self.tc
         # Every rank evaluates the same batches of the global batch size, so the result does not
         # depend on how many processes train (FSDP needs every rank in each forward anyway).
-        batches = batch_sources.eval_batches(self.recipe, self.run_dir, self.tokenizer,
-                                             tc.batch_size * self.env.world_size, tc.eval_batches)
+        batches = self.objective.eval_batches(self.recipe, self.rundir, self.tokenizer,
+                                              tc.batch_size * self.env.world_size, tc.eval_batches)
         try:
-            result = evaluate(self.model, batches, device=self.env.device, autocast=self.autocast)
+            result = evaluate(self.model, batches, device=self.env.device, autocast=self.autocast,
+                              loss_fn=lambda batch: self.objective.loss(self.model, batch))
         except SlmError as exc:  # e.g. no validation split (data.val_fraction=0): train on without it
             self.log.message(f"validation skipped: {exc}")
             self.eval_enabled = False
@@ -337,9 +282,9 @@ class _Trainer:
 
     def _save(self, stopped: str | None = None) -> Path:
         path = save_checkpoint(
-            self.run_dir, self.progress.step, model=self.model, optimizer=self.optimizer,
+            self.rundir, self.progress.step, model=self.model, optimizer=self.optimizer,
             parallel=self.tc.parallel, env=self.env, trainer_state=self._trainer_state(stopped),
-            keep_last=self.tc.keep_last, tokenizer_file=self.run_dir / "tokenizer.json",
+            keep_last=self.tc.keep_last, tokenizer_file=self.rundir.tokenizer,
             chat_template=self.chat_template,
         )
         self.last_ckpt, self.saved_step = path, self.progress.step
@@ -350,9 +295,13 @@ class _Trainer:
     def run(self) -> dict[str, Any]:
         tc, env = self.tc, self.env
         if env.is_main:
-            clean_temp(self.run_dir)
-            batch_sources.ensure_inputs(self.recipe, self.run_dir, progress=self.show_progress)
+            clean_temp(self.rundir)
+            if self.prepare is not None:
+                self.prepare()
         barrier(env)
+        if not self.rundir.tokenizer.is_file():
+            raise SlmError(f"{self.rundir.tokenizer} is missing; make it first: "
+                           f"slm tokenizer train {self.rundir.recipe} --out {self.rundir.root}")
         ckpt = self._find_checkpoint()
         if ckpt is not None:
             state = read_trainer_state(ckpt)
@@ -362,7 +311,7 @@ class _Trainer:
                 return summary_from_state(state, ckpt, "time limit")
         self._setup(ckpt)
         self.last_ckpt, self.saved_step = ckpt, self.progress.step
-        self.log = MetricsLogger(self.run_dir, self.progress.step, tc.max_steps, enabled=env.is_main,
+        self.log = MetricsLogger(self.rundir, self.progress.step, tc.max_steps, enabled=env.is_main,
                                  progress=self.show_progress)
         try:
             with StopSignals() as self.signals:
@@ -405,7 +354,7 @@ class _Trainer:
             else:
                 self.log.progress(step)
             if self.bad.exceeded:
-                last = latest_checkpoint(self.run_dir)
+                last = self.rundir.latest_checkpoint()
                 raise SlmError(
                     f"{self.bad.in_a_row} non-finite steps in a row (train.max_bad_steps={tc.max_bad_steps}), "
                     f"stopped at step {step}; last good checkpoint: {last or 'none yet'}"

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.fileio import atomic_write_text
+from slmkit.pipeline.rundir import RunDir
 
-METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All complete entries of run_dir/metrics.jsonl (a torn last line from a kill is ignored)."""
-    path = Path(run_dir) / METRICS_FILE
+def read_metrics(run: str | Path | RunDir) -> list[dict[str, Any]]:
+    """All complete entries of RUN/metrics.jsonl (a torn last line from a kill is ignored)."""
+    path = RunDir.of(run).metrics
     if not path.is_file():
         return []
     entries = []
@@ -32,12 +32,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
+def truncate_metrics(run: str | Path | RunDir, last_step: int) -> None:
     """Keep only entries with step <= last_step (atomically rewritten)."""
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir.of(run).metrics
     if not path.is_file():
         return
-    kept = [e for e in read_metrics(run_dir) if e.get("step", 0) <= last_step]
+    kept = [e for e in read_metrics(run) if e.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
 
@@ -51,28 +51,28 @@ def _clean(value: Any) -> Any:
 class MetricsLogger:
     """Writes metrics.jsonl + TensorBoard and drives the progress bar; a no-op when not `enabled`."""
 
-    def __init__(self, run_dir: Path, start_step: int, max_steps: int, enabled: bool = True,
+    def __init__(self, run: str | Path | RunDir, start_step: int, max_steps: int, enabled: bool = True,
                  progress: bool = True) -> None:
         self.enabled = enabled
-        self.run_dir = Path(run_dir)
+        self.run = RunDir.of(run)
         self._file = None
         self._tb = None
         self._bar = None
         if not enabled:
             return
-        truncate_metrics(self.run_dir, start_step)
-        self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        truncate_metrics(self.run, start_step)
+        self._file = open(self.run.metrics, "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+            self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=start_step + 1 if start_step else None)
         except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
             self._tb = None
         if progress:
-            from tqdm import tqdm
+            from slmkit.progress import progress_bar
 
-            self._bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", file=sys.stderr,
-                             dynamic_ncols=True, smoothing=0.1)
+            self._bar = progress_bar(max_steps, "train", unit="step", initial=start_step, dynamic_ncols=True,
+                                     smoothing=0.1)
 
     def log(self, entry: dict[str, Any]) -> None:
         """Append one entry (must hold 'step') to metrics.jsonl and TensorBoard."""
@@ -100,7 +100,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
+            self._bar.write(text)
         else:
             print(text, file=sys.stderr, flush=True)
 

@@ -1,4 +1,4 @@
-"""Optimizer presets (REFERENCE.md) and parameter groups without weight decay on norms/biases/embeddings.
+"""Optimizer presets (docs/REFERENCE.md) and parameter groups without weight decay on norms/biases/embeddings.
 
     llama    AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1, grad clip 1.0, 2000 warmup steps,
              cosine decay to 10% of the peak lr (peak 3e-4).
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmError, did_you_mean
+
+if TYPE_CHECKING:  # torch loads only when an optimizer is built: recipes are checked without it
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
     """AdamW over `param_groups`: the fused kernel (CPU and CUDA; ~6x faster than foreach on CPU),
     foreach for FSDP's sharded DTensor parameters."""
+    import torch
+
     groups = param_groups(model, settings.weight_decay)
     sharded = any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
     kwargs = {"foreach": True} if sharded else {"fused": True}

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only when a scheduler is built
+    import torch
 
 SCHEDULES = ("cosine", "constant", "linear", "wsd")
 
@@ -39,6 +41,8 @@ def lr_multiplier(step: int, max_steps: int, schedule: str, warmup_steps: int = 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over `lr_multiplier`; its state (last_epoch) is saved with the checkpoint."""
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_multiplier(

@@ -1,0 +1,116 @@
+"""The objective interface: everything that differs between kinds of training, in one place.
+
+An objective owns, for one kind of training: which stages apply, what the tokenizer stage means,
+which model it builds, its batches, its loss, and what the eval and sample stages mean for it.
+The trainer, the stages, eval and sample ask the run's objective (`slmkit.objectives.get_objective`);
+nothing outside `slmkit.objectives` looks at `recipe.task`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from slmkit.errors import SlmError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from slmkit.config import Recipe
+    from slmkit.pipeline.rundir import RunDir
+
+
+class Objective:
+    """Base class; subclasses set `name` and `stages` and fill in the data-dependent methods."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    stages: ClassVar[tuple[str, ...]] = ()  # the pipeline stages that mean something for it, in order
+
+    # ------------------------------------------------------------------ recipe checks
+
+    def check(self, recipe: Recipe) -> None:
+        """Load-time checks of the recipe keys this objective reads (no file access)."""
+
+    def preflight(self, recipe: Recipe, run: RunDir, stages: list[str]) -> None:
+        """Before any stage runs: the input files the chosen stages will need exist."""
+        if recipe.train.init_from and "train" in stages and run.latest_checkpoint() is None:
+            from slmkit.pipeline.rundir import resolve_checkpoint
+
+            if not Path(recipe.train.init_from).exists():
+                raise SlmError(
+                    f"recipe key 'train.init_from': {recipe.train.init_from} does not exist; train that run "
+                    "first or set train.init_from=PATH to a checkpoint folder"
+                )
+            resolve_checkpoint(recipe.train.init_from)
+
+    # ------------------------------------------------------------------ tokenizer stage
+
+    def tokenizer_is_current(self, recipe: Recipe, run: RunDir) -> bool:
+        raise NotImplementedError
+
+    def make_tokenizer(self, recipe: Recipe, run: RunDir, progress: bool = True) -> Path:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training
+
+    def build_model(self, recipe: Recipe, vocab_size: int) -> torch.nn.Module:
+        """A fresh model for the recipe, or the `train.init_from` checkpoint's weights."""
+        from slmkit.models import build_model, resolve_model_config
+
+        if recipe.train.init_from:
+            from slmkit.interop.hf import load_hf_folder
+            from slmkit.pipeline.rundir import resolve_checkpoint
+
+            model = load_hf_folder(resolve_checkpoint(recipe.train.init_from)).train()
+            if model.config.vocab_size < vocab_size:
+                raise SlmError(
+                    f"recipe key 'train.init_from': the model's vocabulary ({model.config.vocab_size}) is smaller "
+                    f"than the run's tokenizer ({vocab_size}); use the checkpoint's tokenizer"
+                )
+            return model
+        return build_model(resolve_model_config(recipe.model, vocab_size=vocab_size))
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss over the batch's target tokens (labels != -100)."""
+        return model.loss(batch)
+
+    def train_loader(self, recipe: Recipe, run: RunDir, tokenizer: Any, batch_size: int, seed: int,
+                     rank: int = 0, world_size: int = 1) -> Any:
+        """This rank's endless, resumable batch source: next_batch(), state_dict(), load_state_dict()."""
+        raise NotImplementedError
+
+    def eval_batches(self, recipe: Recipe, run: RunDir, tokenizer: Any, batch_size: int,
+                     max_batches: int | None) -> Any:
+        """Validation batches in a fixed order (the same on every rank)."""
+        raise NotImplementedError
+
+    def val_bytes_per_token(self, recipe: Recipe, run: RunDir) -> float | None:
+        """UTF-8 bytes per validation target token when known without decoding (for bits per byte)."""
+        return None
+
+    def chat_template(self, recipe: Recipe) -> str | None:
+        """The Jinja chat template stored with each checkpoint, if the objective has one."""
+        return None
+
+    # ------------------------------------------------------------------ eval and sample stages
+
+    def train_token_counts(self, recipe: Recipe, run: RunDir, tokenizer: Any, vocab_size: int) -> np.ndarray:
+        """Frequencies of the training target tokens (the unigram baseline of the eval stage)."""
+        raise NotImplementedError
+
+    def sample_prompts(self, recipe: Recipe) -> list[str]:
+        """The sample stage's prompts as the model sees them."""
+        if not recipe.sample.prompts:
+            raise SlmError("recipe key 'sample.prompts' is empty; add prompts or drop the sample stage from 'stages'")
+        return list(recipe.sample.prompts)
+
+    def sample_settings(self, recipe: Recipe) -> dict[str, Any]:
+        """What determines the samples besides the checkpoint and the prompts."""
+        import dataclasses
+
+        settings = dataclasses.asdict(recipe.sample)
+        settings.pop("prompts")
+        settings.pop("device")  # where it runs, not what it samples
+        return settings
