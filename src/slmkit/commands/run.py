@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from slmkit.pipeline.stages import results_summary, run_stages
 
+    import signal
+
     with opened_run(args, "run") as (recipe, run):
-        run_stages(recipe, run, progress=args.progress)
+        result = run_stages(recipe, run, progress=args.progress)
     print(results_summary(run))
-    return 0
+    stopped = result.get("stopped")
+    return 128 + int(getattr(signal, stopped)) if stopped else 0

@@ -17,7 +17,7 @@ import torch
 
 from slmkit.data.shards import TokenStream, shard_problems
 from slmkit.errors import SlmError
-from slmkit.pipeline.rundir import read_manifest
+from slmkit.pipeline.rundir import RunDir, read_manifest
 
 
 def open_stream(data_dir: str | Path, split: str, verify: bool = False) -> TokenStream:
@@ -33,10 +33,10 @@ def open_stream(data_dir: str | Path, split: str, verify: bool = False) -> Token
     if verify:
         problems = shard_problems(data_dir, shards, manifest["dtype"])
         if problems:
-            run = Path(data_dir).parent
+            run = RunDir(Path(data_dir).parent)
             raise SlmError(
                 f"{Path(data_dir) / problems[0]}; the {split} shards cannot be trusted. Rebuild them with "
-                f"`slm data prepare {run / 'recipe.yaml'} --out {run}`"
+                f"`slm data prepare {run.recipe} --out {run.root}`"
             )
     return TokenStream(data_dir, shards, manifest["dtype"])
 

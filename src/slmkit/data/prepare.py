@@ -215,7 +215,7 @@ def prepare_data(recipe: Recipe, run: str | Path | RunDir, progress: bool = True
     run = RunDir.of(run)
     tok_path = ensure_tokenizer(recipe, run, progress=progress)
     tok = load_tokenizer(tok_path)
-    tok.encode_special_tokens = True  # "<|endoftext|>" inside a document is text, not a separator
+    tok.encode_special_tokens = True  # a special token spelled inside a document is text, not a separator
     tok_sha = sha256_file(tok_path)
     fingerprint = data_fingerprint(recipe, tok_sha)
     data_dir = run.data

@@ -261,7 +261,7 @@ def tokenize_conversations(
 ) -> list[SFTExample]:
     """Tokenize segment by segment (so response tokens are exact), batched in Rust.
 
-    The text of each segment is plain text (a literal "<|endoftext|>" in the data stays text); the
+    The text of each segment is plain text (a special token spelled out in the data stays text); the
     end of every response is the EOT special token id.
     """
     eot_id = eos_id(tokenizer)

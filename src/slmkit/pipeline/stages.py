@@ -39,7 +39,7 @@ class Stage:
 
     name: str
     command: str  # module of the CLI verb that runs this stage alone
-    output: str  # what it writes, for messages
+    output: Callable[[RunDir], Path]  # where it writes, for messages
     requires: tuple[str, ...]
     is_current: Callable[[Recipe, RunDir], bool]
     run: Callable[..., Any]
@@ -148,14 +148,15 @@ def _run_report(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("tokenizer", "slmkit.commands.tokenizer", "tokenizer.json", (), _tokenizer_current, _run_tokenizer),
-        Stage("data", "slmkit.commands.data", "data/manifest.json", ("tokenizer",), _data_current, _run_data,
+        Stage("tokenizer", "slmkit.commands.tokenizer", lambda run: run.tokenizer, (), _tokenizer_current,
+              _run_tokenizer),
+        Stage("data", "slmkit.commands.data", lambda run: run.manifest, ("tokenizer",), _data_current, _run_data,
               _data_made),
-        Stage("train", "slmkit.commands.train", "ckpt/", ("tokenizer", "data"), _train_current, _run_train,
-              _has_checkpoint),
-        Stage("eval", "slmkit.commands.eval", "eval/val.json", (), _eval_current, _run_eval),
-        Stage("sample", "slmkit.commands.sample", "samples.md", (), _sample_current, _run_sample),
-        Stage("report", "slmkit.commands.report", "report.html", (), _report_current, _run_report),
+        Stage("train", "slmkit.commands.train", lambda run: run.ckpt_root, ("tokenizer", "data"), _train_current,
+              _run_train, _has_checkpoint),
+        Stage("eval", "slmkit.commands.eval", lambda run: run.val_results, (), _eval_current, _run_eval),
+        Stage("sample", "slmkit.commands.sample", lambda run: run.samples_md, (), _sample_current, _run_sample),
+        Stage("report", "slmkit.commands.report", lambda run: run.report, (), _report_current, _run_report),
     )
 }
 
@@ -230,7 +231,7 @@ def run_stages(recipe: Recipe, run: str | Path | RunDir, names: list[str] | None
         prefix = f"[{i}/{len(steps)}] {name}" + ("" if requested else " (needed first)")
         start = time.perf_counter()
         if stage.is_current(recipe, run):
-            log(f"{prefix}: reusing {run.root / stage.output}")
+            log(f"{prefix}: reusing {stage.output(run)}")
             status = "reused"
         else:
             log(f"{prefix}: running")
@@ -241,6 +242,11 @@ def run_stages(recipe: Recipe, run: str | Path | RunDir, names: list[str] | None
         seconds = round(time.perf_counter() - start, 2)
         result["stages"].append({"name": name, "status": status, "seconds": seconds})
         log(f"{prefix}: {status} in {seconds:.1f}s")
+        stopped = (result.get("train") or {}).get("stopped") if name == "train" else None
+        if stopped in ("SIGINT", "SIGTERM"):  # the user asked to stop: the later stages wait for a rerun
+            log(f"stopped by {stopped} after the train stage; run the same command again to continue")
+            result["stopped"] = stopped
+            break
     if record:
         atomic_write_json(run.run_record, result)
     return result
