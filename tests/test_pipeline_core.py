@@ -379,3 +379,21 @@ def test_saved_recipe_round_trips(trained):
     saved = yaml.safe_load(RunDir(trained).recipe.read_text())
     assert saved["stages"] == ["tokenizer", "data", "train", "eval", "sample", "report"]
     assert load_recipe(RunDir(trained).recipe).train.max_steps == 6
+
+
+def test_a_recipe_that_is_not_utf8_or_not_a_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe name: x\n")
+    code, _, err = run_cli(capsys, "run", bad, "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "not UTF-8")
+    code, _, err = run_cli(capsys, "run", tmp_path, "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "recipe file not found")
+    (tmp_path / "afile").write_text("")
+    code, _, err = run_cli(capsys, "run", TINY, "--out", tmp_path / "afile")
+    assert_one_line_error(code, err, "cannot create run folder")
+
+
+@pytest.mark.parametrize("override", ["n_layers=.nan", "d_model=abc", "rope_theta=.inf", "n_layerz=2"])
+def test_model_info_overrides_are_type_checked(override, capsys):
+    code, _, err = run_cli(capsys, "model", "info", "tiny-llama", override)
+    assert_one_line_error(code, err, "model.n_layer" if "n_layer" in override else "model.")

@@ -282,6 +282,11 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def model_overrides(changes: dict[str, Any]) -> dict[str, Any]:
+    """`model.` field overrides type-checked like recipe keys (for commands that take them alone)."""
+    return build(ModelRecipe, changes, "model.").overrides
+
+
 # --------------------------------------------------------------------------- overrides
 
 
@@ -344,6 +349,10 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise SlmError(f"recipe file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SlmError(f"{path}: not UTF-8 text (byte {exc.start}); a recipe is a UTF-8 YAML file") from None
+    except OSError as exc:
+        raise SlmError(f"cannot read recipe {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

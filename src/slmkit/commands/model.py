@@ -45,7 +45,9 @@ def _config_from_arg(name: str, overrides: list[str]) -> Any:
         key, raw = text.split("=", 1)
         key = key.strip().removeprefix("model.")
         changes[key] = yaml.safe_load(raw) if raw.strip() else None
-    return cfg.replace(**changes)
+    from slmkit.config import model_overrides
+
+    return cfg.replace(**model_overrides(changes))
 
 
 def run_info(args: argparse.Namespace) -> int:
