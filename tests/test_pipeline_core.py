@@ -397,3 +397,10 @@ def test_a_recipe_that_is_not_utf8_or_not_a_file_is_a_clear_error(tmp_path, caps
 def test_model_info_overrides_are_type_checked(override, capsys):
     code, _, err = run_cli(capsys, "model", "info", "tiny-llama", override)
     assert_one_line_error(code, err, "model.n_layer" if "n_layer" in override else "model.")
+
+
+def test_inputs_of_later_stages_are_checked_before_the_first_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", TINY, "--out", out, "sample.prompts=[]")
+    assert_one_line_error(code, err, "'sample.prompts' is empty")
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]  # no stage ran

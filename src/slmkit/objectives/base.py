@@ -34,7 +34,9 @@ class Objective:
         """Load-time checks of the recipe keys this objective reads (no file access)."""
 
     def preflight(self, recipe: Recipe, run: RunDir, stages: list[str]) -> None:
-        """Before any stage runs: the input files the chosen stages will need exist."""
+        """Before any stage runs: the inputs the chosen stages will need exist."""
+        if "sample" in stages:
+            self.sample_prompts(recipe)
         if recipe.train.init_from and "train" in stages and run.latest_checkpoint() is None:
             from slmkit.pipeline.rundir import resolve_checkpoint
 
