@@ -68,9 +68,9 @@ def model_config(preset: str, seq_len: int):
 def slmkit_step(cfg, args, compile: bool, precision: str) -> tuple[Callable[[dict], None], Callable[[], None]]:
     """One step of the slmkit trainer: its model, wrapping, optimizer groups, autocast and clipping."""
     from slmkit.config import TrainConfig
+    from slmkit.device import autocast_for
     from slmkit.models import build_model
     from slmkit.train.distributed import clip_grad_norm, init_distributed, local_params, parallelize, shutdown
-    from slmkit.device import autocast_for
     from slmkit.train.optim import build_optimizer, resolve_optim_settings
 
     env = init_distributed(args.device, args.parallel)

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_utils import new_run_dir, shared_base, slm_train, subprocess_env, summary, train_losses, weights, write_recipe
+from train_utils import (
+    new_run_dir,
+    shared_base,
+    slm_train,
+    subprocess_env,
+    summary,
+    train_losses,
+    weights,
+    write_recipe,
+)
 
 from slmkit.pipeline.rundir import RunDir
 from slmkit.train.checkpoint import load_model_from_checkpoint

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from train_utils import REPO, subprocess_env
 
 from slmkit.cli import main
 from slmkit.config import load_recipe
 from slmkit.errors import SlmError
 from slmkit.pipeline.rundir import RunDir, invalidated_artifacts
-from train_utils import REPO, subprocess_env
 
 TINY = REPO / "tests" / "fixtures" / "tiny-pretrain.yaml"
 SRC = REPO / "src" / "slmkit"

@@ -8,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from slmkit import progress
-from slmkit.progress import (NoProgress, PlainProgress, TerminalProgress, format_duration, progress_bar,
-                             progress_interval, progress_iter)
+from slmkit.progress import (
+    NoProgress,
+    PlainProgress,
+    TerminalProgress,
+    format_duration,
+    progress_bar,
+    progress_interval,
+    progress_iter,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "fixtures" / "tiny-pretrain.yaml"

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from slmkit.pipeline import report
 from slmkit.config import load_recipe
+from slmkit.pipeline import report
 from slmkit.pipeline.rundir import open_run_dir
 
 EVIL = "<script>alert('x')</script> & \"quotes\""

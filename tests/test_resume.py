@@ -7,7 +7,16 @@ import signal
 
 import pytest
 import torch
-from train_utils import new_run_dir, shared_base, slm_train, subprocess_env, summary, train_losses, weights, write_recipe
+from train_utils import (
+    new_run_dir,
+    shared_base,
+    slm_train,
+    subprocess_env,
+    summary,
+    train_losses,
+    weights,
+    write_recipe,
+)
 
 from slmkit.pipeline.rundir import RunDir
 from slmkit.train.checkpoint import read_trainer_state

@@ -22,10 +22,10 @@ from train_utils import (
     write_recipe,
 )
 
-from slmkit.train import mfu as mfu_mod
-from slmkit.pipeline.rundir import RunDir
-from slmkit.train.checkpoint import read_trainer_state
 from slmkit.eval.loss import bits_per_byte, evaluate
+from slmkit.pipeline.rundir import RunDir
+from slmkit.train import mfu as mfu_mod
+from slmkit.train.checkpoint import read_trainer_state
 from slmkit.train.metrics import read_metrics, truncate_metrics
 
 

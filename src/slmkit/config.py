@@ -23,7 +23,6 @@ from slmkit.models.config import ModelConfig
 from slmkit.tokenizer import DEFAULT_SPECIAL_TOKENS
 
 
-
 @dataclass
 class SourceConfig:
     """One named data source. Which options apply depends on `type` (see slmkit.data.sources)."""

@@ -24,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from slmkit.pipeline.stages import results_summary, run_stages
-
     import signal
+
+    from slmkit.pipeline.stages import results_summary, run_stages
 
     with opened_run(args, "run") as (recipe, run):
         result = run_stages(recipe, run, progress=args.progress)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from slmkit.data.jsonl import iter_json_objects
-from slmkit.errors import SlmError, did_you_mean
 from slmkit.data.paths import datasets_dir
+from slmkit.errors import SlmError, did_you_mean
 from slmkit.tokenizer import EOT, eos_id, pad_id
 
 IGNORE_INDEX = -100

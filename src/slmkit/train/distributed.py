@@ -20,7 +20,6 @@ from slmkit.device import PARALLEL_MODES, resolve_device
 from slmkit.errors import SlmError
 
 
-
 @dataclass
 class DistEnv:
     """Where this process sits: rank, world size and its device."""

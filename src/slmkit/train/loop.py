@@ -22,6 +22,7 @@ import torch
 
 from slmkit.device import autocast_for, resolve_precision
 from slmkit.errors import SlmError
+from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.objectives import get_objective
 from slmkit.pipeline.rundir import RunDir
 from slmkit.train.checkpoint import clean_temp, load_checkpoint, read_trainer_state, save_checkpoint
@@ -38,7 +39,6 @@ from slmkit.train.distributed import (
     parallelize,
     shutdown,
 )
-from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.train.faults import BadStepTracker, FaultInjector, StopSignals
 from slmkit.train.metrics import MetricsLogger, format_postfix
 from slmkit.train.mfu import mfu as compute_mfu
@@ -46,6 +46,7 @@ from slmkit.train.mfu import peak_flops
 from slmkit.train.optim import build_optimizer, resolve_optim_settings
 from slmkit.train.rng import rng_state, seed_everything, set_rng_state
 from slmkit.train.schedule import build_scheduler
+
 
 @dataclass
 class Progress:

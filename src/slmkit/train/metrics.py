@@ -17,7 +17,6 @@ from slmkit.fileio import atomic_write_text
 from slmkit.pipeline.rundir import RunDir
 
 
-
 def read_metrics(run: str | Path | RunDir) -> list[dict[str, Any]]:
     """All complete entries of RUN/metrics.jsonl (a torn last line from a kill is ignored)."""
     path = RunDir.of(run).metrics
