@@ -192,14 +192,6 @@ class RunDir:
         """data/manifest.json, with a clear error when it is missing or malformed."""
         return read_manifest(self.data)
 
-    def read_recipe(self) -> Recipe:
-        """The run's resolved recipe.yaml as a validated Recipe."""
-        from slmkit.config import load_recipe
-
-        if not self.recipe.is_file():
-            raise SlmError(f"{self.root}: not a run folder (no recipe.yaml)")
-        return load_recipe(self.recipe)
-
     def saved_for_latest_checkpoint(self, path: Path) -> dict | None:
         """The JSON at `path` when it was written for the run's latest checkpoint, else None."""
         ckpt = self.latest_checkpoint()
@@ -242,10 +234,12 @@ class RunDir:
 
     def adopt(self, recipe: Recipe, force: bool = False, log=None) -> None:
         """Make `recipe` the run's recipe (write recipe.yaml), refusing or, with `force`, discarding
-        every artifact whose inputs changed. Call inside `writing()`."""
+        every artifact whose inputs changed. Call inside `writing()`; under torchrun only rank 0 writes."""
         from slmkit.config import dump_recipe, to_dict
 
         log = log or _log
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         has_products = self.root.is_dir() and any(
             p.name not in (self.recipe.name, self.lock_file.name) for p in self.root.iterdir()
         )
