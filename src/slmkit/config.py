@@ -282,8 +282,8 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def model_overrides(changes: dict[str, Any]) -> dict[str, Any]:
-    """`model.` field overrides type-checked like recipe keys (for commands that take them alone)."""
-    return build(ModelRecipe, changes, "model.").overrides
+    """Model field overrides (`n_layers=4`) type-checked like recipe keys, for commands that take them alone."""
+    return build(ModelRecipe, changes).overrides
 
 
 # --------------------------------------------------------------------------- overrides

@@ -128,6 +128,7 @@ def tokenize_texts(tok, texts: list[str], eot: int, dtype: str, bar=None) -> Spl
         ids = [e.ids for e in encodings]
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
+        del encodings, ids  # now, not when the next batch replaces them: two batches' Encodings at once double the peak
         token_parts.append(np.insert(flat, np.cumsum(lens), eot).astype(dtype, copy=False))
         length_parts.append(lens + 1)
         nbytes = np.fromiter((len(t.encode("utf-8")) for t in chunk), dtype=np.int64, count=len(chunk))
@@ -139,6 +140,12 @@ def tokenize_texts(tok, texts: list[str], eot: int, dtype: str, bar=None) -> Spl
     tokens = np.concatenate(token_parts) if token_parts else np.zeros(0, dtype)
     starts = np.cumsum(lengths) - lengths
     nbytes = np.concatenate(byte_parts) if byte_parts else np.zeros(0, np.int64)
+    try:  # glibc keeps the freed Encodings (~100 B a token) mapped; return them so later stages don't add to them
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     return SplitTokens(tokens, starts, lengths, nbytes)
 
 

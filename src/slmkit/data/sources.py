@@ -2,8 +2,9 @@
 
 A loader is `loader(cfg, stats) -> Iterator[Document]`; it raises `SlmError` naming the file (and line)
 on bad input and counts skipped items in `stats`. `load_source(cfg)` applies `max_docs` and refuses an
-empty source. Builtin types: python-stdlib, python-docs, text, jsonl, codefusion, codefusion-pretrain,
-nl2bash, conala. Shared datasets are read in place from `slmkit.data.paths.datasets_dir()` unless `path` is set.
+empty source; a document longer than `MAX_DOC_CHARS` comes in pieces (`split_text`). Builtin types:
+python-stdlib, python-docs, text, jsonl, codefusion, codefusion-pretrain, nl2bash, conala. Shared datasets
+are read in place from `slmkit.data.paths.datasets_dir()` unless `path` is set.
 """
 
 from __future__ import annotations
@@ -17,14 +18,25 @@ import tokenize
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from slmkit.config import SourceConfig
-from slmkit.data.jsonl import iter_json_objects, read_text
+from slmkit.data.jsonl import iter_json_objects, iter_lines, iter_text_chunks, read_text
 from slmkit.errors import SlmError, did_you_mean
 from slmkit.data.paths import datasets_dir
 
 log = logging.getLogger(__name__)
+
+MAX_DOC_CHARS = 1 << 20
+"""The longest document, in characters, that a source yields; longer ones become pieces (`split_text`).
+
+HF `tokenizers` needs memory far beyond a text's size to pre-tokenize, train on or encode one huge
+string: a single 50 MB line took 4-6 GB to train the BPE tokenizer on and 8-10 GB to encode (up to 200x
+its size), the same text in 1 Mi-character pieces 0.3 GB and 0.6 GB. So no loader hands it more than
+this in one piece, and text files are read in pieces of this size. It is far above any ordinary
+document (the largest standard-library file is 0.75 MB), which stays one document, byte for byte.
+"""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,62 @@ def register(name: str) -> Callable[[Loader], Loader]:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _cut(text: str, start: int, cap: int) -> int:
+    """End of the piece of `text` that begins at `start` (more than `cap` characters are left):
+    after the last newline within `cap` characters, else before the last (ASCII) whitespace, else at `cap`."""
+    end = text.rfind("\n", start, start + cap) + 1
+    if end > start:
+        return end
+    end = max(text.rfind(ws, start + 1, start + cap) for ws in " \t\r\f\v")  # the space starts the next piece
+    return end if end > start else start + cap
+
+
+def split_text(text: str, cap: int = MAX_DOC_CHARS) -> list[str]:
+    """`text` as consecutive pieces of at most `cap` characters that join back to it exactly.
+
+    A text of at most `cap` characters is returned whole. Longer ones are cut after a newline where
+    possible, else before a space or tab, else (one huge word) at a character boundary.
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    pieces, start = [], 0
+    while len(text) - start > cap:
+        end = _cut(text, start, cap)
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:] if start else text)
+    return pieces
+
+
+def split_document(doc: Document, stats: SourceStats, cap: int = MAX_DOC_CHARS) -> list[Document]:
+    """`doc` itself when it has at most `cap` characters, else its non-blank pieces ("ORIGIN part K")."""
+    if len(doc.text) <= cap:
+        return [doc]
+    pieces = []
+    for k, piece in enumerate(split_text(doc.text, cap), 1):
+        if piece.strip():
+            pieces.append(Document(piece, f"{doc.origin} part {k}"))
+        else:
+            stats.skip("blank piece of a long document")
+    return pieces
+
+
+def _text_pieces(path: Path, cap: int = MAX_DOC_CHARS) -> Iterator[tuple[int, str]]:
+    """(line number where it starts, piece) of a text file, read in bounded chunks and cut as `split_text` does."""
+    buf, line = "", 1
+    for chunk in iter_text_chunks(path, cap):
+        buf += chunk
+        start = 0
+        while len(buf) - start > cap:  # more than cap characters left: the cut is the one split_text makes
+            end = _cut(buf, start, cap)
+            yield line, buf[start:end]
+            line += buf.count("\n", start, end)
+            start = end
+        buf = buf[start:]
+    if buf:
+        yield line, buf
 
 
 def _read_python(path: Path) -> str:
@@ -229,13 +297,25 @@ def expand_paths(spec: str | None, cfg: SourceConfig) -> list[Path]:
 
 @register("text")
 def text_files(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
-    """One document per text file (path: file, folder, glob; comma separated)."""
+    """One document per text file (path: file, folder, glob; comma separated).
+
+    A file of more than MAX_DOC_CHARS characters is read and yielded in pieces ("file:line" of each
+    piece's first line), so a huge file or line never sits in memory twice.
+    """
     for path in expand_paths(cfg.path, cfg):
-        text = read_text(path)
-        if text.strip():
-            yield Document(text, str(path))
-        else:
-            stats.skip("empty file")
+        pieces = _text_pieces(path, MAX_DOC_CHARS)
+        first, second = next(pieces, (1, "")), next(pieces, None)
+        if second is None:
+            if first[1].strip():
+                yield Document(first[1], str(path))
+            else:
+                stats.skip("empty file")
+            continue
+        for line, piece in chain([first, second], pieces):
+            if piece.strip():
+                yield Document(piece, f"{path}:{line}")
+            else:
+                stats.skip("blank piece of a long document")
 
 
 def _render(record: dict, cfg: SourceConfig, origin: str) -> str:
@@ -333,7 +413,7 @@ def codefusion_pretrain(cfg: SourceConfig, stats: SourceStats) -> Iterator[Docum
     if not files:
         raise SlmError(f"source {cfg.name!r} (codefusion-pretrain): no .txt snippet files in {base}")
     for path in files:
-        for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        for lineno, line in enumerate(iter_lines(path), 1):
             if line.strip():
                 yield Document(line, f"{path}:{lineno}")
 
@@ -397,10 +477,11 @@ def check_source(cfg: SourceConfig, where: str) -> None:
 
 
 def iter_source(cfg: SourceConfig, stats: SourceStats | None = None) -> Iterator[Document]:
-    """Documents of one source, honouring `max_docs`."""
+    """Documents of one source, honouring `max_docs`; longer than MAX_DOC_CHARS, they come in pieces."""
     loader = get_loader(cfg.type, f"source {cfg.name!r}")
     stats = stats if stats is not None else SourceStats()
-    for n, doc in enumerate(loader(cfg, stats)):
+    docs = (piece for doc in loader(cfg, stats) for piece in split_document(doc, stats, MAX_DOC_CHARS))
+    for n, doc in enumerate(docs):
         if cfg.max_docs is not None and n >= cfg.max_docs:
             break
         yield doc
