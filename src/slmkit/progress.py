@@ -99,6 +99,7 @@ class PlainProgress(Progress):
         self._start = self._last = clock()
         self._postfix: dict[str, str] = {}
         self._lines = 0
+        self._emitted_n: int | float | None = None
         self._closed = False
 
     def _count(self, value: float) -> str:
@@ -128,6 +129,7 @@ class PlainProgress(Progress):
         print(self.line(now), file=sys.stderr, flush=True)
         self._last = now
         self._lines += 1
+        self._emitted_n = self.n
 
     def update(self, n: int | float = 1) -> None:
         """Advance by `n`; prints a line if `interval` seconds passed since the last one."""
@@ -147,8 +149,8 @@ class PlainProgress(Progress):
         if self._closed:
             return
         self._closed = True
-        if self.leave or self._lines:
-            self._emit(self._clock())
+        if (self.leave or self._lines) and (not self._lines or self._emitted_n != self.n):
+            self._emit(self._clock())  # the final count, unless the last line already showed it
 
 
 class TerminalProgress(Progress):
