@@ -85,7 +85,7 @@ def test_chunked_reading_equals_read_text(tmp_path):
         assert list(iter_lines(path)) == read_text(path).splitlines()
 
 
-def test_chunked_reading_names_file_and_byte_of_bad_utf8(tmp_path):
+def test_hostile_chunked_reading_names_file_and_byte_of_bad_utf8(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes("é".encode() * 7 + b"q\nz\xff")
     for size in (1, 2, 3, 100):
@@ -144,7 +144,7 @@ def _huge_line(kind: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["words", "no-whitespace"])
-def test_data_prepare_of_one_huge_line_stays_within_a_bounded_multiple_of_its_size(tmp_path, kind):
+def test_hostile_data_prepare_of_one_huge_line_stays_within_a_bounded_multiple_of_its_size(tmp_path, kind):
     data = tmp_path / "big.txt"
     data.write_text(_huge_line(kind), encoding="utf-8")
     recipe = tmp_path / "recipe.yaml"

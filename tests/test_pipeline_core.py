@@ -74,14 +74,14 @@ BAD_OVERRIDES = [
 
 
 @pytest.mark.parametrize("override,fragment", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
-def test_bad_recipe_value_fails_at_load_and_writes_nothing(override, fragment, tmp_path, capsys):
+def test_hostile_recipe_value_fails_at_load_and_writes_nothing(override, fragment, tmp_path, capsys):
     out = tmp_path / "never"
     code, stdout, err = run_cli(capsys, "run", TINY, "--out", out, override)
     assert_one_line_error(code, err, fragment)
     assert not out.exists() and stdout == ""
 
 
-def test_sft_specific_keys_are_checked_at_load(tmp_path, capsys):
+def test_hostile_sft_keys_are_checked_at_load(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", TINY, "--out", tmp_path / "x", "task=sft", "sft.path=a.jsonl",
                            "sft.template=qaa", "stages=[train]")
     assert_one_line_error(code, err, "did you mean 'qa'")
@@ -103,7 +103,7 @@ def test_a_typo_is_refused_without_importing_torch(tmp_path):
     assert "did you mean 'cosine'" in result.stderr and not (tmp_path / "x").exists()
 
 
-def test_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+def test_hostile_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
     lines = ["a0: &a0 [" + ", ".join(["'lol'"] * 10) + "]"]
     for i in range(1, 9):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
@@ -255,7 +255,7 @@ def _as_nobody(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd)
 
 
-def test_an_unwritable_run_folder_or_ckpt_folder_is_refused_before_any_work(trained):
+def test_hostile_unwritable_run_folder_or_ckpt_folder_is_refused_before_any_work(trained):
     base = Path(tempfile.mkdtemp(prefix="slmkit-ro-"))
     try:
         os.chmod(base, 0o755)
@@ -381,7 +381,7 @@ def test_saved_recipe_round_trips(trained):
     assert load_recipe(RunDir(trained).recipe).train.max_steps == 6
 
 
-def test_a_recipe_that_is_not_utf8_or_not_a_file_is_a_clear_error(tmp_path, capsys):
+def test_hostile_recipe_that_is_not_utf8_or_not_a_file_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\xff\xfe name: x\n")
     code, _, err = run_cli(capsys, "run", bad, "--out", tmp_path / "x")
@@ -394,12 +394,12 @@ def test_a_recipe_that_is_not_utf8_or_not_a_file_is_a_clear_error(tmp_path, caps
 
 
 @pytest.mark.parametrize("override", ["n_layers=.nan", "d_model=abc", "rope_theta=.inf", "n_layerz=2"])
-def test_model_info_overrides_are_type_checked(override, capsys):
+def test_hostile_model_info_overrides_are_type_checked(override, capsys):
     code, _, err = run_cli(capsys, "model", "info", "tiny-llama", override)
     assert_one_line_error(code, err, override.split("=")[0] if "n_layerz" not in override else "did you mean 'n_layers'")
 
 
-def test_inputs_of_later_stages_are_checked_before_the_first_runs(tmp_path, capsys):
+def test_hostile_inputs_of_later_stages_are_checked_before_the_first_runs(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "run", TINY, "--out", out, "sample.prompts=[]")
     assert_one_line_error(code, err, "'sample.prompts' is empty")
