@@ -255,10 +255,38 @@ def _as_nobody(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd)
 
 
+def _unprivileged_python_works(cwd: Path) -> bool:
+    """Whether `_as_nobody` can run this interpreter and import slmkit (parent folders may be private)."""
+    result = _as_nobody(["--version"], cwd)
+    return result.returncode == 0
+
+
+def test_hostile_unwritable_folder_is_refused_before_any_work_in_process(trained, tmp_path, monkeypatch, capsys):
+    """The same refusal, wherever the checkout lives: the write probe of ckpt/ fails as for a read-only folder."""
+    import slmkit.pipeline.rundir as rundir
+
+    work = copy_run(trained, tmp_path / "run")
+    real = tempfile.TemporaryFile
+
+    def probe(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own keyword
+        if Path(dir) == work / "ckpt":
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(rundir.tempfile, "TemporaryFile", probe)
+    code, _, err = run_cli(capsys, "train", TINY, "--out", work, "train.max_steps=8", "--no-progress")
+    assert_one_line_error(code, err, "cannot write into", "ckpt", "Permission denied")
+    assert RunDir(work).latest_checkpoint().name == "step-000006" and not (work / "ckpt" / "step-000008").exists()
+
+
 def test_hostile_unwritable_run_folder_or_ckpt_folder_is_refused_before_any_work(trained):
     base = Path(tempfile.mkdtemp(prefix="slmkit-ro-"))
+    os.chmod(base, 0o755)
+    if os.geteuid() == 0 and not _unprivileged_python_works(base):
+        shutil.rmtree(base)
+        pytest.skip("an unprivileged user cannot run this checkout's Python (private parent folder); "
+                    "the in-process variant above covers the refusal")
     try:
-        os.chmod(base, 0o755)
         ro = copy_run(trained, base / "ro")  # owned by us, not writable by the child
         os.chmod(ro, 0o555)
         result = _as_nobody(["train", str(TINY), "--out", str(ro), "train.max_steps=8", "--no-progress"], base)
