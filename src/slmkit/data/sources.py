@@ -23,8 +23,8 @@ from pathlib import Path
 
 from slmkit.config import SourceConfig
 from slmkit.data.jsonl import iter_json_objects, iter_lines, iter_text_chunks, read_text
-from slmkit.errors import SlmError, did_you_mean
 from slmkit.data.paths import datasets_dir
+from slmkit.errors import SlmError, did_you_mean
 
 log = logging.getLogger(__name__)
 
