@@ -164,15 +164,14 @@ STAGES: dict[str, Stage] = {
 # --------------------------------------------------------------------------- recipe checks
 
 
-def check_stages(recipe: Recipe) -> None:
-    """Every name in `stages` is a stage, and one that applies to the recipe's objective."""
+def check_stages(recipe: Recipe, names: list[str] | None = None, where: str = "recipe key 'stages': ") -> None:
+    """Every name in `names` (default: the recipe's `stages`) is a stage that applies to its objective."""
     objective = _objective(recipe)
-    for stage in recipe.stages:
+    for stage in recipe.stages if names is None else names:
         if stage not in STAGES:
-            raise SlmError(f"recipe key 'stages': unknown stage {stage!r}{did_you_mean(stage, STAGES)}; "
-                           f"stages: {', '.join(STAGES)}")
+            raise SlmError(f"{where}unknown stage {stage!r}{did_you_mean(stage, STAGES)}; stages: {', '.join(STAGES)}")
         if stage not in objective.stages:
-            raise SlmError(f"recipe key 'stages': stage {stage!r} does not apply to task: {objective.name} "
+            raise SlmError(f"{where}stage {stage!r} does not apply to task: {objective.name} "
                            f"(its stages: {', '.join(objective.stages)})")
 
 
@@ -218,12 +217,8 @@ def run_stages(recipe: Recipe, run: str | Path | RunDir, names: list[str] | None
     checked before anything runs."""
     run = RunDir.of(run)
     names = list(recipe.stages if names is None else names)
-    objective = _objective(recipe)
-    for name in names:
-        if name not in objective.stages:
-            raise SlmError(f"stage {name!r} does not apply to task: {objective.name} "
-                           f"(its stages: {', '.join(objective.stages)})")
-    objective.preflight(recipe, run, names if preflight_for is None else preflight_for)
+    check_stages(recipe, names, where="")
+    _objective(recipe).preflight(recipe, run, names if preflight_for is None else preflight_for)
     steps = plan(recipe, run, names)
     result: dict[str, Any] = {"run_dir": str(run.root), "stages": []}
     for i, (name, requested) in enumerate(steps, start=1):
