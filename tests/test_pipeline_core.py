@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -109,10 +108,8 @@ def test_hostile_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("x:\n" + "\n".join("  " + line for line in lines) + "\nname: *a8\n")
-    start = time.perf_counter()
-    with pytest.raises(SlmError, match="expands to more than"):
+    with pytest.raises(SlmError, match="expands to more than"):  # counted, never expanded (10^9 values)
         load_recipe(bomb)
-    assert time.perf_counter() - start < 10  # a guard against expansion, not a speed claim (10^9 values)
     # an alias bomb inside a string-typed key of a small recipe: the error message stays short
     small = tmp_path / "small.yaml"
     small.write_text("a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nname: [*b, *b, *b, *b]\n")
