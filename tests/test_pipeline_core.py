@@ -429,3 +429,25 @@ def test_hostile_inputs_of_later_stages_are_checked_before_the_first_runs(tmp_pa
     code, _, err = run_cli(capsys, "run", TINY, "--out", out, "sample.prompts=[]")
     assert_one_line_error(code, err, "'sample.prompts' is empty")
     assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]  # no stage ran
+
+
+def test_hostile_eval_overrides_may_not_change_what_the_run_was_made_from(trained, capsys):
+    code, _, err = run_cli(capsys, "eval", trained, "data.val_fraction=0.5")
+    assert_one_line_error(code, err, "cannot change data.val_fraction")
+    code, _, err = run_cli(capsys, "sample", trained, "model.n_layers=9")
+    assert_one_line_error(code, err, "cannot change model.n_layers")
+
+
+def test_hostile_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "run", TINY, "--out", "")
+    assert_one_line_error(code, err, "--out is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shared_datasets_are_found_from_any_working_folder(tmp_path, monkeypatch):
+    from slmkit.data.paths import datasets_dir
+
+    monkeypatch.delenv("SLMKIT_DATASETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert datasets_dir() == (REPO / ".." / "shared" / "datasets").resolve()

@@ -9,9 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from slmkit.config import Recipe, load_recipe
+from slmkit.config import Recipe, load_recipe, to_dict
 from slmkit.errors import SlmError
-from slmkit.pipeline.rundir import RunDir, default_run_dir, resolve_checkpoint, run_of_checkpoint
+from slmkit.pipeline.rundir import (
+    RunDir,
+    default_run_dir,
+    recipe_differences,
+    resolve_checkpoint,
+    run_of_checkpoint,
+)
 
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +37,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
 def opened_run(args: argparse.Namespace, verb: str) -> Iterator[tuple[Recipe, RunDir]]:
     """Load the recipe (every value checked first), then lock the run folder and adopt the recipe."""
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.out is not None and not args.out.strip():
+        raise SlmError("--out is empty; name a run folder (or leave --out out for runs/<recipe name>)")
     run = RunDir(Path(args.out) if args.out else default_run_dir(recipe))
     with run.writing(f"slm {verb}"):
         run.adopt(recipe, force=args.force)
@@ -72,6 +80,10 @@ def run_and_checkpoint(args: argparse.Namespace, verb: str) -> Iterator[tuple[Re
                            "recipe and data (use `slm generate` for a bare model folder)")
     else:
         raise SlmError(f"{target}: not a run folder (no {RECIPE_FILE}) or a checkpoint folder (no {MODEL_CONFIG_FILE})")
-    recipe = load_recipe(run.recipe, args.overrides)
+    saved, recipe = load_recipe(run.recipe), load_recipe(run.recipe, args.overrides)
+    changed = recipe_differences(to_dict(saved), to_dict(recipe))
+    if changed:
+        raise SlmError(f"slm {verb} cannot change {', '.join(changed[:5])} of an existing run (only settings such "
+                       "as eval.* and sample.*); train a new run with `slm train RECIPE --out DIR` instead")
     with run.writing(f"slm {verb}"):
         yield recipe, run, ckpt or run.require_checkpoint()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/slmkit
 REPO_ROOT = PACKAGE_ROOT.parents[1]  # src/slmkit -> repo (editable install / source checkout)
 
 
