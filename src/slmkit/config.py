@@ -427,15 +427,13 @@ def _check_model(recipe: Recipe) -> None:
 
 def _check_train(recipe: Recipe) -> None:
     from slmkit.device import PARALLEL_MODES, PRECISIONS, check_device_name
-    from slmkit.errors import did_you_mean
+    from slmkit.errors import check_choice
     from slmkit.train.optim import resolve_optim_settings
 
     tc = recipe.train
     resolve_optim_settings(tc)  # optimizer preset, schedule and their numbers
-    for key, value, allowed in (("precision", tc.precision, PRECISIONS), ("parallel", tc.parallel, PARALLEL_MODES)):
-        if value not in allowed:
-            raise SlmError(f"recipe key 'train.{key}': {value!r} is not one of {', '.join(allowed)}"
-                           f"{did_you_mean(value, allowed)}")
+    check_choice(tc.precision, PRECISIONS, "recipe key 'train.precision'")
+    check_choice(tc.parallel, PARALLEL_MODES, "recipe key 'train.parallel'")
     check_device_name(tc.device, "recipe key 'train.device'")
     _at_least(tc, "train", 1, "max_steps", "batch_size", "grad_accum")
     _at_least(tc, "train", 0, "save_every", "log_every", "eval_every", "eval_batches", "keep_last", "max_bad_steps")

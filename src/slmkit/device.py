@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from slmkit.errors import SlmError, did_you_mean
+from slmkit.errors import SlmError, check_choice, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +68,7 @@ def resolve_precision(pref: str, device: torch.device) -> str:
     Weights, gradients and optimizer states stay fp32; bf16/fp16 only autocast the computation."""
     import torch
 
-    if pref not in PRECISIONS:
-        raise SlmError(f"recipe key 'train.precision': {pref!r} is not one of {', '.join(PRECISIONS)}")
+    check_choice(pref, PRECISIONS, "recipe key 'train.precision'")
     if pref == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

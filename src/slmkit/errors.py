@@ -18,6 +18,13 @@ class BrokenInstallError(SlmError):
     exit_code = 1
 
 
+def check_choice(value: object, allowed: Iterable[str], where: str) -> None:
+    """SlmError "WHERE: 'x' is not one of a, b (did you mean 'a'?)" unless `value` is in `allowed`."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise SlmError(f"{where}: {value!r} is not one of {', '.join(allowed)}{did_you_mean(str(value), allowed)}")
+
+
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to `word` (difflib), or None when nothing is close."""
     candidates = list(candidates)

@@ -83,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer.get_vocab_size() > model.config.vocab_size:
         raise SlmError(f"{tok_file}: {tokenizer.get_vocab_size()} tokens but the model has only "
                        f"{model.config.vocab_size}; this tokenizer does not belong to this checkpoint")
-    longest = max(len(tokenizer.encode(p.replace("\\n", "\n")).ids) for p in args.prompt)
+    prompts = [p.replace("\\n", "\n") for p in args.prompt]
+    longest = max(len(tokenizer.encode(p).ids) for p in prompts)
     if longest >= model.config.max_seq_len:  # refused before the prompt is echoed
         raise SlmError(f"--prompt of {longest} tokens does not fit the model context of {model.config.max_seq_len} "
                        "tokens (leave room for at least one new token); shorten the prompt")
     print(f"loaded {folder} ({model.num_params():,} params, {device}, {dtype}) in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
-    prompts = [p.replace("\\n", "\n") for p in args.prompt]
     stream_live = len(prompts) == 1 and not args.json
     if stream_live:
         sys.stdout.write(prompts[0])

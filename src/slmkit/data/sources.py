@@ -376,8 +376,6 @@ def codefusion_items(path: Path, split: str) -> list[dict]:
 @register("codefusion")
 def codefusion(cfg: SourceConfig, stats: SourceStats) -> Iterator[Document]:
     """CodeFusion benchmark items (utterance + code); `language` Bash/Python/CF, `split` train/test."""
-    if cfg.split not in ("train", "test"):
-        raise SlmError(f"source {cfg.name!r} (codefusion): split must be train or test, got {cfg.split!r}")
     base = _require(_default_path(cfg, "codefusion", "benchmarks"), cfg, "folder")
     if base.is_file():
         files = [base]
@@ -478,7 +476,8 @@ def check_source(cfg: SourceConfig, where: str) -> None:
 
 def iter_source(cfg: SourceConfig, stats: SourceStats | None = None) -> Iterator[Document]:
     """Documents of one source, honouring `max_docs`; longer than MAX_DOC_CHARS, they come in pieces."""
-    loader = get_loader(cfg.type, f"source {cfg.name!r}")
+    check_source(cfg, f"source {cfg.name!r}")
+    loader = SOURCES[cfg.type]
     stats = stats if stats is not None else SourceStats()
     docs = (piece for doc in loader(cfg, stats) for piece in split_document(doc, stats, MAX_DOC_CHARS))
     for n, doc in enumerate(docs):
@@ -489,8 +488,6 @@ def iter_source(cfg: SourceConfig, stats: SourceStats | None = None) -> Iterator
 
 def load_source(cfg: SourceConfig) -> LoadedSource:
     """All documents of one source; an empty source is an error naming it."""
-    if cfg.max_docs is not None and cfg.max_docs <= 0:
-        raise SlmError(f"source {cfg.name!r}: max_docs must be > 0, got {cfg.max_docs}")
     stats = SourceStats()
     docs = list(iter_source(cfg, stats))
     if not docs:
@@ -503,6 +500,6 @@ def load_sources(configs: list[SourceConfig]) -> list[LoadedSource]:
     """Load every configured source (in recipe order); at least one is required."""
     if not configs:
         raise SlmError("recipe key 'data.sources' is empty; add at least one source")
-    for i, cfg in enumerate(configs):
-        get_loader(cfg.type, f"recipe key 'data.sources[{i}].type' (source {cfg.name!r})")
+    for i, cfg in enumerate(configs):  # every source's options, before any is read
+        check_source(cfg, f"recipe key 'data.sources[{i}]' (source {cfg.name!r})")
     return [load_source(cfg) for cfg in configs]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from slmkit.errors import SlmError, did_you_mean
+from slmkit.errors import SlmError, check_choice, did_you_mean
 
 FAMILIES = ("llama", "phi")
 NORMS = ("rmsnorm", "layernorm")
@@ -86,9 +86,8 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         """Check cross-field constraints; raise SlmError naming the `model.` key at fault."""
-        _choice("family", self.family, FAMILIES)
-        _choice("norm", self.norm, NORMS)
-        _choice("mlp", self.mlp, MLPS)
+        for key, allowed in (("family", FAMILIES), ("norm", NORMS), ("mlp", MLPS)):
+            check_choice(getattr(self, key), allowed, f"model key 'model.{key}'")
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
             if getattr(self, key) < 1:
                 raise SlmError(f"model key 'model.{key}' must be >= 1, got {getattr(self, key)}")
@@ -116,10 +115,3 @@ class ModelConfig:
         if self.tie_embeddings and self.lm_head_bias:
             raise SlmError("model keys 'model.tie_embeddings' and 'model.lm_head_bias' cannot both be true")
         return self
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SlmError(
-            f"model key 'model.{key}': {value!r} is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}"
-        )

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from slmkit.device import PARALLEL_MODES, resolve_device
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, check_choice
 
 
 @dataclass
@@ -41,8 +41,7 @@ class DistEnv:
 
 def init_distributed(device_pref: str, parallel: str) -> DistEnv:
     """Join (or create) the process group for `parallel` and pick this rank's device."""
-    if parallel not in PARALLEL_MODES:
-        raise SlmError(f"recipe key 'train.parallel': {parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
+    check_choice(parallel, PARALLEL_MODES, "recipe key 'train.parallel'")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
