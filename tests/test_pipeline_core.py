@@ -62,6 +62,7 @@ BAD_OVERRIDES = [
     ("data.seq_len=4096", "exceeds the model context"),
     ("sample.top_p=2", "'sample.top_p'"),
     ("sample.temperature=-1", "'sample.temperature'"),
+    ("sample.temperature=1e-300", "'sample.temperature' must be 0 (greedy) or >= 1e-06"),
     ("eval.batches=0", "'eval.batches'"),
     ("eval.device=tpu", "'eval.device'"),
     ("train.seed=-1", "'train.seed'"),

@@ -444,6 +444,7 @@ def _check_train(recipe: Recipe) -> None:
 
 def _check_eval_and_sample(recipe: Recipe) -> None:
     from slmkit.device import check_device_name
+    from slmkit.generate.sampling import SamplingConfig
 
     ev, sample = recipe.eval, recipe.sample
     _at_least(ev, "eval", 1, "batches", "batch_size", optional=True)
@@ -451,11 +452,8 @@ def _check_eval_and_sample(recipe: Recipe) -> None:
         if value is not None:
             check_device_name(value, f"recipe key {key!r}")
     _at_least(sample, "sample", 1, "max_new_tokens")
-    _at_least(sample, "sample", 1, "top_k", optional=True)
-    if not sample.temperature >= 0:
-        raise SlmError(f"recipe key 'sample.temperature' must be >= 0 (0 = greedy), got {sample.temperature}")
-    if sample.top_p is not None and not 0 < sample.top_p <= 1:
-        raise SlmError(f"recipe key 'sample.top_p' must be in (0, 1], got {sample.top_p}")
+    names = {key: f"recipe key 'sample.{key}'" for key in ("temperature", "top_k", "top_p")}
+    SamplingConfig(sample.temperature, sample.top_k, sample.top_p).validate(names)
     _check_seed(sample.seed, "sample.seed")
 
 

@@ -44,7 +44,7 @@ def parse_device(value: str) -> str:
 
 def check_options(args: argparse.Namespace) -> str:
     """Check every option before anything is loaded or printed; return the device to use."""
-    from slmkit.generate.engine import SamplingConfig
+    from slmkit.generate.sampling import SamplingConfig
 
     if args.max_new_tokens < 1:
         raise SlmError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")

@@ -14,7 +14,6 @@ same results.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,33 +22,10 @@ from torch import Tensor
 
 from slmkit.errors import SlmError
 from slmkit.generate.cpu_packed import decode_layout
+from slmkit.generate.sampling import SamplingConfig
 from slmkit.tokenizer import EOT, PAD
 
 StreamFn = Callable[[int, str], None]
-MIN_TEMPERATURE = 1e-6  # smallest non-zero temperature; below it fp32 logits / t can overflow
-
-
-@dataclass
-class SamplingConfig:
-    """How the next token is chosen. temperature 0 = greedy (top_k/top_p ignored)."""
-
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def validate(self) -> SamplingConfig:
-        """Self, or SlmError naming the option: NaN and infinities are refused, not sampled with."""
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise SlmError(f"--temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
-        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / t would overflow to inf
-            raise SlmError(f"--temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:g}, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise SlmError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise SlmError(f"--top-p must be a number in (0, 1], got {self.top_p}")
-        return self
-
-
 def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
     """Next token ids [B] from last-position logits [B, V]."""
     if cfg.temperature == 0:
