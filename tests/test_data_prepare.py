@@ -15,6 +15,7 @@ from slmkit.data.mixture import build_mixture, doc_hash, is_val, plan_mixture
 from slmkit.data.prepare import prepare_data
 from slmkit.data.sources import load_source
 from slmkit.fileio import sha256_file
+from slmkit.pipeline.rundir import RunDir
 from slmkit.tokenizer import load_tokenizer
 
 REAL = {
@@ -33,11 +34,19 @@ REAL = {
 }
 
 
+def prepare_fresh(recipe, run) -> dict:
+    """The tokenizer and data stages through the stage runner (as `slm data prepare` runs them)."""
+    from slmkit.pipeline.stages import run_stages
+
+    run_stages(recipe, run, ["tokenizer", "data"], log=lambda _: None, progress=False, record=False)
+    return RunDir(run).read_manifest()
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     recipe = recipe_from_dict(json.loads(json.dumps(REAL)))
     run = tmp_path_factory.mktemp("real")
-    return recipe, run, prepare_data(recipe, run, progress=False)
+    return recipe, run, prepare_fresh(recipe, run)
 
 
 def shard_hashes(manifest: dict) -> list[str]:
@@ -110,7 +119,7 @@ def test_effective_epochs_follow_llama_table1_semantics(real):
 
 def test_same_recipe_gives_identical_shards(real, tmp_path):
     recipe, _, m = real
-    again = prepare_data(recipe, tmp_path, progress=False)
+    again = prepare_fresh(recipe, tmp_path)
     assert shard_hashes(again) == shard_hashes(m)
     assert again == m
 
@@ -162,7 +171,7 @@ def test_mixture_proportions_within_one_percent(tmp_path):
             "data": {"sources": sources, "mixture_tokens": 200_000, "val_fraction": 0.01, "seq_len": 32},
         }
     )
-    m = prepare_data(recipe, tmp_path / "run", progress=False)
+    m = prepare_fresh(recipe, tmp_path / "run")
     index = np.load(tmp_path / "run" / "data" / "train.docs.npy")
     lengths = np.diff(np.append(index[:, 0], m["splits"]["train"]["tokens"]))
     share = np.bincount(index[:, 1], weights=lengths, minlength=3) / lengths.sum()

@@ -54,11 +54,11 @@ def write_recipe(folder: Path, **train_overrides) -> Path:
 def prepare_base(folder: Path) -> Path:
     """Run the tokenizer + data stages once into `folder` (tokenizer.json, data/)."""
     from slmkit.config import load_recipe
-    from slmkit.data.prepare import prepare_data
+    from slmkit.pipeline.stages import run_stages
 
     folder.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(write_recipe(folder))
-    prepare_data(recipe, folder, progress=False)
+    run_stages(recipe, folder, ["tokenizer", "data"], log=lambda _: None, progress=False, record=False)
     return folder
 
 

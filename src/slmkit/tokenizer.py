@@ -152,14 +152,6 @@ def train_tokenizer(recipe: Recipe, run: str | Path | RunDir, progress: bool = T
     return out
 
 
-def ensure_tokenizer(recipe: Recipe, run: str | Path | RunDir, progress: bool = True) -> Path:
-    """RUN/tokenizer.json, training it when missing or when it was trained from a different config."""
-    run = RunDir.of(run)
-    if tokenizer_is_current(recipe, run):
-        return run.tokenizer
-    return train_tokenizer(recipe, run, progress=progress)
-
-
 def write_hf_config(folder: str | Path, tok: Any, model_max_length: int | None = None,
                     chat_template: str | None = None) -> None:
     """tokenizer_config.json + special_tokens_map.json so `AutoTokenizer.from_pretrained(folder)` works.

@@ -215,12 +215,14 @@ def _log(msg: str) -> None:
 def prepare_data(recipe: Recipe, run: str | Path | RunDir, progress: bool = True) -> dict:
     """Build (or reuse) RUN/data: shards + manifest for the recipe. Returns the manifest."""
     from slmkit.progress import progress_bar
-    from slmkit.tokenizer import ensure_tokenizer, eos_id, load_tokenizer
+    from slmkit.tokenizer import eos_id, load_tokenizer
 
     cfg = recipe.data
     _set_workers(cfg.workers)
     run = RunDir.of(run)
-    tok_path = ensure_tokenizer(recipe, run, progress=progress)
+    tok_path = run.tokenizer  # made by the tokenizer stage, which the stage runner runs first
+    if not tok_path.is_file():
+        raise SlmError(f"{tok_path} is missing; make it first: slm tokenizer train {run.recipe} --out {run.root}")
     tok = load_tokenizer(tok_path)
     tok.encode_special_tokens = True  # a special token spelled inside a document is text, not a separator
     tok_sha = sha256_file(tok_path)
