@@ -129,6 +129,9 @@ class EvalConfig:
     batches: int | None = None  # validation batches to score; None = train.eval_batches
     batch_size: int | None = None  # None = train.batch_size
     device: str | None = None  # None = train.device
+    tasks: list[str] = field(default_factory=lambda: ["ppl:val"])  # `slm eval --tasks` names
+    limit: int | None = None  # first N documents per benchmark task
+    num_fewshot: int | None = None  # None = each task's default
 
 
 @dataclass
@@ -447,7 +450,8 @@ def _check_eval_and_sample(recipe: Recipe) -> None:
     from slmkit.generate.sampling import SamplingConfig
 
     ev, sample = recipe.eval, recipe.sample
-    _at_least(ev, "eval", 1, "batches", "batch_size", optional=True)
+    _at_least(ev, "eval", 1, "batches", "batch_size", "limit", optional=True)
+    _check_eval_tasks(ev)
     for key, value in (("eval.device", ev.device), ("sample.device", sample.device)):
         if value is not None:
             check_device_name(value, f"recipe key {key!r}")
@@ -455,6 +459,22 @@ def _check_eval_and_sample(recipe: Recipe) -> None:
     names = {key: f"recipe key 'sample.{key}'" for key in ("temperature", "top_k", "top_p")}
     SamplingConfig(sample.temperature, sample.top_k, sample.top_p).validate(names)
     _check_seed(sample.seed, "sample.seed")
+
+
+def _check_eval_tasks(ev: EvalConfig) -> None:
+    """eval.tasks: a non-empty list of known task names (did-you-mean on a typo); few-shot in range."""
+    from slmkit.eval.tasks import get_tasks
+
+    if not isinstance(ev.tasks, list) or not ev.tasks or not all(isinstance(t, str) for t in ev.tasks):
+        raise SlmError(f"recipe key 'eval.tasks' must be a non-empty list of task names, got {ev.tasks!r:.60}")
+    if ev.num_fewshot is not None and (isinstance(ev.num_fewshot, bool) or not isinstance(ev.num_fewshot, int)):
+        raise SlmError(f"recipe key 'eval.num_fewshot' must be an integer, got {ev.num_fewshot!r:.40}")
+    try:
+        for task in get_tasks(ev.tasks):
+            if ev.num_fewshot is not None:
+                task.check_fewshot(ev.num_fewshot)
+    except SlmError as exc:
+        raise SlmError(f"recipe key 'eval.tasks': {exc}") from None
 
 
 def validate(recipe: Recipe) -> Recipe:

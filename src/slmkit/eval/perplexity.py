@@ -158,3 +158,23 @@ def format_line(report: dict) -> str:
     model, base = rows.get("model", {}), rows.get("unigram baseline", {})
     return (f"{_num(model.get('loss'), '.4f')} nats/token, {_num(model.get('bpb'), '.4f')} bits/byte "
             f"(unigram baseline {_num(base.get('loss'), '.4f')}, {_num(base.get('bpb'), '.4f')})")
+
+
+def run_validation_entry(ckpt: Path, progress: bool = True) -> dict[str, Any]:
+    """The `ppl:val` task: val.json of a run's checkpoint as a results entry (loss, bpb, unigram baseline)."""
+    from slmkit.config import load_recipe
+    from slmkit.pipeline.rundir import run_of_checkpoint
+
+    run = run_of_checkpoint(ckpt)
+    if run is None:
+        raise SlmError(f"task ppl:val needs a checkpoint of a run (its validation split); {ckpt} is a bare model "
+                       "folder: use ppl:<source type> (e.g. ppl:python-docs) instead")
+    recipe = load_recipe(run.recipe)
+    with run.writing("slm eval"):
+        report = evaluate_run(recipe, run, ckpt=ckpt, progress=progress)
+    metrics = {"loss": report["model"]["loss"], "bits_per_byte": report["model"]["bpb"],
+               "unigram_loss": report["unigram"]["loss"], "unigram_bits_per_byte": report["unigram"]["bpb"]}
+    return {"task": "ppl:val", "family": "perplexity", "source": f"{run.root}/data (val split)",
+            "n": report["model"]["tokens"], "num_fewshot": 0, "seconds": report["seconds"],
+            "metrics": {name: {"value": value, "stderr": None, "higher_is_better": False}
+                        for name, value in metrics.items()}}

@@ -14,7 +14,7 @@ same results.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,17 +72,18 @@ def generate_tokens(
     max_new_tokens: int,
     sampling: SamplingConfig | None = None,
     seed: int | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     pad_id: int = 0,
     on_step: Callable[[list[list[int]]], list[bool] | None] | None = None,
 ) -> list[list[int]]:
-    """New token ids for each prompt (eos excluded); stops a row at eos.
+    """New token ids for each prompt (eos excluded); stops a row at eos (one id or several).
 
     on_step(new_ids_per_row) may return per-row "done" flags (e.g. a stop string was seen).
     Raises SlmError when a prompt is empty or longer than the model context; generation is cut
     to fit the context otherwise.
     """
     sampling = (sampling or SamplingConfig()).validate()
+    eos_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     cfg = model.config
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise SlmError("every prompt needs at least one token")
@@ -114,7 +115,7 @@ def generate_tokens(
             for row, value in enumerate(values):
                 if done[row]:
                     continue
-                if value == eos_id:
+                if value in eos_ids:
                     done[row] = True
                 else:
                     out[row].append(value)
@@ -190,14 +191,18 @@ def generate(
     stop: list[str] | None = None,
     stream: StreamFn | None = None,
     stats: dict | None = None,
+    eos_ids: Collection[int] | None = None,
 ) -> list[str]:
     """Completions (text after each prompt) from a `tokenizers.Tokenizer`; stops at eos or a stop string.
 
     stream(row, delta) receives each row's final text as it is produced (nothing is ever retracted).
     `stats`, when given, receives {"prompt_tokens", "new_tokens"} (tokens generated, all rows).
+    eos_ids: the ids that end a completion (default: the end-of-text token).
     """
     stop = [s for s in (stop or []) if s]
     eos_id = tokenizer.token_to_id(EOT)
+    if eos_ids is None:
+        eos_ids = [eos_id] if eos_id is not None else []
     pad = tokenizer.token_to_id(PAD)
     prompt_ids = [tokenizer.encode(p).ids or ([eos_id] if eos_id is not None else []) for p in prompts]
     states = [_TextState(stop) for _ in prompts]
@@ -215,7 +220,7 @@ def generate(
     need_text = bool(stop) or stream is not None
     ids = generate_tokens(
         model, prompt_ids, max_new_tokens, SamplingConfig(temperature, top_k, top_p), seed=seed,
-        eos_id=eos_id, pad_id=pad if pad is not None else 0, on_step=on_step if need_text else None,
+        eos_id=eos_ids, pad_id=pad if pad is not None else 0, on_step=on_step if need_text else None,
     )
     if stats is not None:
         stats.update(prompt_tokens=sum(map(len, prompt_ids)), new_tokens=sum(map(len, ids)))

@@ -113,16 +113,26 @@ class Decoder(nn.Module):
         start_pos: int = 0,
         positions: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        attend: Tensor | None = None,
         last_only: bool = False,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, T, V] (or [B, 1, V] with last_only) for input_ids [B, T].
 
         kv_cache/start_pos: the tokens sit at cache slots start_pos..start_pos+T-1 and attend to
         every earlier slot. attention_mask: [B, start_pos+T] (1 = real token, 0 = padding) over all
         slots so far, as in HF; it also sets positions (cumsum - 1) unless `positions` [B, T] is given.
+        attend: an explicit bool [B, T, T] "query may attend to key" pattern (no cache), with
+        `positions`; e.g. several continuations packed after one shared context (eval.decoder_lm).
+        Then T may exceed the context: only the positions must fit it.
+        logits_at: [B, P] indices along T; only those positions are projected ([B, P, V] logits).
         """
         B, T = input_ids.shape
         end = start_pos + T
+        if attend is not None:
+            if positions is None or kv_cache is not None:
+                raise ValueError("an explicit `attend` pattern needs `positions` and no KV cache")
+            end = int(positions.max()) + 1 if positions.numel() else 0
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds the model context {self.config.max_seq_len}")
         if positions is None and attention_mask is not None:
@@ -133,7 +143,7 @@ class Decoder(nn.Module):
         else:  # [B, T, 1, R]
             cos = self.rope_cos[positions].unsqueeze(2)
             sin = self.rope_sin[positions].unsqueeze(2)
-        mask = _attention_mask(T, start_pos, attention_mask, input_ids.device)
+        mask = attend[:, None] if attend is not None else _attention_mask(T, start_pos, attention_mask, input_ids.device)
         x = self.embed(input_ids)
         if self.training and self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout)
@@ -145,6 +155,8 @@ class Decoder(nn.Module):
                 x = layer(x, cos, sin, cache, start_pos, mask)
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
         return self.lm_head(self.norm(x))
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:

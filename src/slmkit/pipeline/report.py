@@ -133,6 +133,20 @@ def _eval_table(val: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _tasks_table(results: dict[str, Any]) -> str:
+    """The benchmark table (eval/tasks.json): task, metric, n, value +- stderr, random-guess baseline."""
+    from slmkit.eval.results import markdown_table
+
+    lines = markdown_table([results]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = ["<tr>" + "".join(f"<th>{_esc(c)}</th>" for c in header) + "</tr>"]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append("<tr>" + "".join(f"<td{' class=num' if i >= 2 else ''}>{_esc(c)}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    return f"<table>{''.join(rows)}</table>"
+
+
 def _samples_html(samples: dict[str, Any]) -> str:
     parts = []
     for i, item in enumerate(samples.get("samples", []), start=1):
@@ -206,6 +220,9 @@ def build_report(run: str | Path | RunDir) -> str:
         body += ["<h2>Summary</h2>", _table(rows)]
     if val:
         body += ["<h2>Validation</h2>", _eval_table(val)]
+    tasks = run.read_json(run.task_results)
+    if isinstance(tasks, dict) and isinstance(tasks.get("tasks"), dict):
+        body += ["<h2>Benchmarks</h2>", _tasks_table(tasks)]
     body.append("<h2>Loss curve</h2>")
     if png:
         atomic_write_bytes(run.loss_plot, png)

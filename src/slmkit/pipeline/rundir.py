@@ -127,6 +127,7 @@ class RunDir:
     tensorboard = property(lambda self: self.root / "tb")
     eval_dir = property(lambda self: self.root / "eval")
     val_results = property(lambda self: self.root / "eval" / "val.json")
+    task_results = property(lambda self: self.root / "eval" / "tasks.json")
     samples_json = property(lambda self: self.root / "samples.json")
     samples_md = property(lambda self: self.root / "samples.md")
     report = property(lambda self: self.root / "report.html")
@@ -140,7 +141,7 @@ class RunDir:
 
     def report_inputs(self) -> list[Path]:
         """The files the report page is made from (its freshness fingerprint hashes them)."""
-        return [self.recipe, self.metrics, self.val_results, self.samples_json, self.manifest]
+        return [self.recipe, self.metrics, self.val_results, self.task_results, self.samples_json, self.manifest]
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -108,17 +108,15 @@ def _run_train(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
 
 
 def _eval_current(recipe: Recipe, run: RunDir) -> bool:
-    from slmkit.eval.perplexity import eval_is_current
+    from slmkit.eval.stage import eval_stage_is_current
 
-    return eval_is_current(recipe, run)
+    return eval_stage_is_current(recipe, run)
 
 
 def _run_eval(recipe: Recipe, run: RunDir, progress: bool = True) -> Any:
-    from slmkit.eval.perplexity import evaluate_run, format_table
+    from slmkit.eval.stage import run_eval_stage
 
-    result = evaluate_run(recipe, run, progress=progress)
-    print(format_table(result), file=sys.stderr)
-    return result
+    return run_eval_stage(recipe, run, progress=progress)
 
 
 def _sample_current(recipe: Recipe, run: RunDir) -> bool:
@@ -154,7 +152,7 @@ STAGES: dict[str, Stage] = {
               _data_made),
         Stage("train", "slmkit.commands.train", lambda run: run.ckpt_root, ("tokenizer", "data"), _train_current,
               _run_train, _has_checkpoint),
-        Stage("eval", "slmkit.commands.eval", lambda run: run.val_results, (), _eval_current, _run_eval),
+        Stage("eval", "slmkit.commands.eval", lambda run: run.eval_dir, (), _eval_current, _run_eval),
         Stage("sample", "slmkit.commands.sample", lambda run: run.samples_md, (), _sample_current, _run_sample),
         Stage("report", "slmkit.commands.report", lambda run: run.report, (), _report_current, _run_report),
     )
