@@ -93,6 +93,8 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 200
     eval_batches: int = 20
+    eval_tasks: list[str] = field(default_factory=list)  # benchmark tasks scored every eval_every steps
+    eval_tasks_limit: int = 20  # documents per task for those in-training scores
     keep_last: int = 3
     seed: int = 1337
     max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
@@ -440,6 +442,8 @@ def _check_train(recipe: Recipe) -> None:
     check_device_name(tc.device, "recipe key 'train.device'")
     _at_least(tc, "train", 1, "max_steps", "batch_size", "grad_accum")
     _at_least(tc, "train", 0, "save_every", "log_every", "eval_every", "eval_batches", "keep_last", "max_bad_steps")
+    _at_least(tc, "train", 1, "eval_tasks_limit")
+    _check_task_list(tc.eval_tasks, "train.eval_tasks", allow_empty=True, allow_run_validation=False)
     if tc.max_minutes is not None and not tc.max_minutes > 0:
         raise SlmError(f"recipe key 'train.max_minutes' must be > 0 (or null for no limit), got {tc.max_minutes}")
     _check_seed(tc.seed, "train.seed")
@@ -461,20 +465,28 @@ def _check_eval_and_sample(recipe: Recipe) -> None:
     _check_seed(sample.seed, "sample.seed")
 
 
-def _check_eval_tasks(ev: EvalConfig) -> None:
-    """eval.tasks: a non-empty list of known task names (did-you-mean on a typo); few-shot in range."""
-    from slmkit.eval.tasks import get_tasks
+def _check_task_list(tasks: Any, key: str, num_fewshot: Any = None, allow_empty: bool = False,
+                     allow_run_validation: bool = True) -> None:
+    """A list of known eval task names (did-you-mean on a typo), few-shot count in range."""
+    from slmkit.eval.tasks import RUN_VALIDATION, get_tasks
 
-    if not isinstance(ev.tasks, list) or not ev.tasks or not all(isinstance(t, str) for t in ev.tasks):
-        raise SlmError(f"recipe key 'eval.tasks' must be a non-empty list of task names, got {ev.tasks!r:.60}")
-    if ev.num_fewshot is not None and (isinstance(ev.num_fewshot, bool) or not isinstance(ev.num_fewshot, int)):
-        raise SlmError(f"recipe key 'eval.num_fewshot' must be an integer, got {ev.num_fewshot!r:.40}")
+    if not isinstance(tasks, list) or (not tasks and not allow_empty) or not all(isinstance(t, str) for t in tasks):
+        raise SlmError(f"recipe key {key!r} must be a {'' if allow_empty else 'non-empty '}list of task names, "
+                       f"got {tasks!r:.60}")
+    if num_fewshot is not None and (isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int)):
+        raise SlmError(f"recipe key 'eval.num_fewshot' must be an integer, got {num_fewshot!r:.40}")
+    if RUN_VALIDATION in tasks and not allow_run_validation:
+        raise SlmError(f"recipe key {key!r}: {RUN_VALIDATION} is already scored during training (train.eval_batches)")
     try:
-        for task in get_tasks(ev.tasks):
-            if ev.num_fewshot is not None:
-                task.check_fewshot(ev.num_fewshot)
+        for task in get_tasks(tasks):
+            if num_fewshot is not None:
+                task.check_fewshot(num_fewshot)
     except SlmError as exc:
-        raise SlmError(f"recipe key 'eval.tasks': {exc}") from None
+        raise SlmError(f"recipe key {key!r}: {exc}") from None
+
+
+def _check_eval_tasks(ev: EvalConfig) -> None:
+    _check_task_list(ev.tasks, "eval.tasks", ev.num_fewshot)
 
 
 def validate(recipe: Recipe) -> Recipe:

@@ -262,6 +262,30 @@ class _Trainer:
             return {"val_loss": None, "val_bpb": None}
         return {"val_loss": result["loss"], "val_bpb": bits_per_byte(result["loss"], self.bytes_per_token)}
 
+    def _evaluate_tasks(self) -> dict[str, float]:
+        """train.eval_tasks on the first eval_tasks_limit documents: {"eval/TASK/METRIC": value}.
+
+        Every rank scores the same requests in the same order (FSDP needs each rank in each forward)."""
+        from slmkit.data.paths import datasets_dir
+        from slmkit.eval.decoder_lm import DecoderLM
+        from slmkit.eval.harness import EvalOptions, evaluate as evaluate_tasks
+        from slmkit.eval.tasks import get_tasks
+        from slmkit.tokenizer import eos_id
+
+        tc = self.tc
+        model = getattr(self.model, "module", self.model)
+        was_training = model.training
+        eos = eos_id(self.tokenizer)
+        lm = DecoderLM(model, self.tokenizer, name="training", batch_size=tc.batch_size, prefix_id=eos,
+                       eos_ids=[eos], autocast=self.autocast)
+        try:
+            results, _ = evaluate_tasks(lm, get_tasks(tc.eval_tasks, limit=tc.eval_tasks_limit),
+                                        EvalOptions(datasets_dir(), limit=tc.eval_tasks_limit, progress=False))
+        finally:
+            model.train(was_training)
+        return {f"eval/{name}/{metric}": value["value"] for name, entry in results["tasks"].items()
+                for metric, value in entry.get("metrics", {}).items()}
+
     def _trainer_state(self, stopped: str | None) -> dict[str, Any]:
         mine = {"rng": rng_state(), "data": self.loader.state_dict()}
         ranks = gather_objects(mine, self.env)
@@ -368,6 +392,11 @@ class _Trainer:
                     self.log.log({"step": step, **val})
                     bpb = f", bpb {val['val_bpb']:.4f}" if val["val_bpb"] is not None else ""
                     self.log.message(f"step {step}: val loss {val['val_loss']:.4f}{bpb}")
+            if tc.eval_tasks and eval_due:
+                scores = self._evaluate_tasks()
+                self.log.log({"step": step, **scores})
+                self.log.message(f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
+                                                               for k, v in scores.items()))
             if self._stop_votes > 0:
                 stopped = self.signals.name or "time limit"
                 stopped = broadcast_object(stopped, env)
