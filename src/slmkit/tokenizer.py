@@ -153,13 +153,21 @@ def train_tokenizer(recipe: Recipe, run: str | Path | RunDir, progress: bool = T
 
 
 def write_hf_config(folder: str | Path, tok: Any, model_max_length: int | None = None,
-                    chat_template: str | None = None) -> None:
+                    chat_template: str | None = None, specials: dict[str, str] | None = None) -> None:
     """tokenizer_config.json + special_tokens_map.json so `AutoTokenizer.from_pretrained(folder)` works.
 
     The one writer of these files (run folders and checkpoints): special tokens come from `tok` itself.
+    `specials` (e.g. {"bos_token": "<s>", "eos_token": "</s>"}, from an imported model) names the
+    bos/eos/unk/pad/mask tokens explicitly instead of the heuristics of `special_map`.
     """
     names = special_tokens(tok)
-    specials = special_map(names) if names else {}
+    if specials is not None:
+        unknown = [f"{key}={name!r}" for key, name in specials.items() if tok.token_to_id(name) is None]
+        if unknown:
+            raise SlmError(f"special token(s) {', '.join(unknown)} are not in the tokenizer's vocabulary")
+        specials = dict(specials)
+    else:
+        specials = special_map(names) if names else {}
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,

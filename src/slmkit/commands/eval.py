@@ -148,9 +148,9 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, tasks: list, names:
     if args.backend == "lm-eval":
         from slmkit.eval.lm_eval_bridge import run_lm_eval
 
-        results, samples = run_lm_eval(folder, [t.name for t in tasks], limit=args.limit,
-                                       num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-                                       device=args.device, backend_model="slmkit", data_root=root)
+        results = run_lm_eval(folder, [t.name for t in tasks], limit=args.limit, num_fewshot=args.num_fewshot,
+                              batch_size=args.batch_size, device=args.device, backend_model="slmkit", data_root=root)
+        samples = results.pop("samples")
     else:
         from slmkit.eval.decoder_lm import load_decoder_lm
         from slmkit.eval.harness import EvalOptions, evaluate

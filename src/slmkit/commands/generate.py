@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from slmkit.generate import generate
-    from slmkit.interop.hf import load_hf_folder
+    from slmkit.interop.hf import load_hf_folder, model_special_ids
     from slmkit.pipeline.rundir import TOKENIZER_FILE, resolve_checkpoint
     from slmkit.tokenizer import load_tokenizer
 
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     completions = generate(
         model, tokenizer, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, stop=args.stop, stream=stream if stream_live else None, stats=stats,
+        eos_ids=model_special_ids(folder, tokenizer)[1],
     )
     seconds = time.perf_counter() - t0
     n_tokens = stats["new_tokens"]

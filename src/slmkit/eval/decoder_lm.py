@@ -16,7 +16,6 @@ by length and batched, and only the positions that are scored are projected to t
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,7 +236,8 @@ class DecoderLM(LanguageModel):
         stop = list(first.until)
         with self.autocast():
             return generate(self.model, self.tokenizer, prompts, budget, temperature=first.temperature,
-                            top_p=first.top_p, seed=seed, stop=stop, eos_ids=self.eos_ids)
+                            top_p=first.top_p, seed=seed, stop=stop, eos_ids=self.eos_ids,
+                            skip_special=True)
 
     def _fit_prompt(self, prompt: str, budget: int) -> str:
         """lm-eval keeps the last max_length - max_new_tokens prompt tokens."""
@@ -263,30 +263,11 @@ def rolling_windows(tokens: list[int], prefix_id: int, max_length: int) -> list[
     return windows
 
 
-def model_special_ids(folder: Path, tokenizer: Any) -> tuple[int | None, list[int]]:
-    """(prefix/bos id, eos ids) from config.json / generation_config.json, else the end-of-text token."""
-    from slmkit.tokenizer import EOT
-
-    ids: dict[str, Any] = {}
-    for name in ("config.json", "generation_config.json"):
-        try:
-            ids.update({k: v for k, v in json.loads((folder / name).read_text()).items()
-                        if k in ("bos_token_id", "eos_token_id") and v is not None})
-        except (OSError, ValueError):
-            continue
-    eos = ids.get("eos_token_id")
-    eos_ids = [eos] if isinstance(eos, int) else [e for e in (eos or []) if isinstance(e, int)]
-    if not eos_ids and tokenizer.token_to_id(EOT) is not None:
-        eos_ids = [tokenizer.token_to_id(EOT)]
-    bos = ids.get("bos_token_id")
-    return (bos if isinstance(bos, int) else (eos_ids[0] if eos_ids else None)), eos_ids
-
-
 def load_decoder_lm(folder: str | Path, device: str | None = None, batch_size: int = 16,
                     precision: str = "fp32", name: str | None = None) -> DecoderLM:
     """A DecoderLM for a checkpoint or HF folder (`slm eval`'s model loader)."""
     from slmkit.device import autocast_for, resolve_device
-    from slmkit.interop.hf import load_hf_folder
+    from slmkit.interop.hf import load_hf_folder, model_special_ids
     from slmkit.tokenizer import load_tokenizer
 
     folder = Path(folder)

@@ -192,12 +192,15 @@ def generate(
     stream: StreamFn | None = None,
     stats: dict | None = None,
     eos_ids: Collection[int] | None = None,
+    skip_special: bool = False,
 ) -> list[str]:
     """Completions (text after each prompt) from a `tokenizers.Tokenizer`; stops at eos or a stop string.
 
     stream(row, delta) receives each row's final text as it is produced (nothing is ever retracted).
     `stats`, when given, receives {"prompt_tokens", "new_tokens"} (tokens generated, all rows).
     eos_ids: the ids that end a completion (default: the end-of-text token).
+    skip_special: return completions without special tokens (stop strings are still found in the text
+    with them, then the text without them is cut at the first stop string: lm-eval's `hf` rule).
     """
     stop = [s for s in (stop or []) if s]
     eos_id = tokenizer.token_to_id(EOT)
@@ -231,5 +234,12 @@ def generate(
         delta = state.finish()
         if delta and stream is not None:
             stream(row, delta)
-        results.append(state.text)
+        results.append(_cut(tokenizer.decode(new, skip_special_tokens=True), stop) if skip_special else state.text)
     return results
+
+
+def _cut(text: str, stop: list[str]) -> str:
+    """`text` up to its first stop string."""
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text

@@ -305,11 +305,12 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, sour
 # ---------------------------------------------------------------------------- folders
 
 
-def _write_tokenizer(folder: Path, tok: Any, tokenizer_file: Path, max_len: int, chat_template: str | None) -> None:
+def _write_tokenizer(folder: Path, tok: Any, tokenizer_file: Path, max_len: int, chat_template: str | None,
+                     specials: dict[str, str] | None = None) -> None:
     from slmkit.tokenizer import TOKENIZER_FILE, write_hf_config
 
     atomic_write_bytes(folder / TOKENIZER_FILE, tokenizer_file.read_bytes())
-    write_hf_config(folder, tok, model_max_length=max_len, chat_template=chat_template)
+    write_hf_config(folder, tok, model_max_length=max_len, chat_template=chat_template, specials=specials)
 
 
 def save_hf_folder(
@@ -319,12 +320,19 @@ def save_hf_folder(
     chat_template: str | None = None,
     extra_files: dict[str, str | bytes] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    special_tokens: dict[str, str] | None = None,
+    token_ids: dict[str, Any] | None = None,
+    generation_ids: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` as an HF folder that AutoModelForCausalLM.from_pretrained loads offline.
 
     Each file is written atomically; other files already in `folder` are left alone (the trainer
     adds optimizer.pt / trainer_state.json beside). `state_dict` overrides model.state_dict()
     (e.g. a full state dict gathered from FSDP). extra_files: name -> text or bytes.
+    special_tokens: explicit bos/eos/unk/pad token names for tokenizer_config.json (default: the
+    tokenizer's own heuristics). token_ids: bos_token_id/eos_token_id/pad_token_id for config.json and
+    generation_config.json (default: from the tokenizer); generation_ids overrides them in
+    generation_config.json only (e.g. a list of eos ids, as HF allows).
     """
     from safetensors.torch import save_file
 
@@ -348,12 +356,15 @@ def save_hf_folder(
             os.unlink(tmp)
     tok = load_tokenizer(tokenizer_file) if tokenizer_file is not None else None
     ids = special_token_ids(tok) if tok is not None else dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"))
+    if token_ids is not None:
+        ids = {**ids, **token_ids}
+    gen_ids = {**ids, **(generation_ids or {})}
     hf_config = {**config_to_hf(cfg), **ids, "dtype": str(dtype).removeprefix("torch.")}
     hf_config["slmkit"] = {"model_config": cfg.to_dict()}
     atomic_write_json(folder / "config.json", hf_config)
-    atomic_write_json(folder / "generation_config.json", {k: v for k, v in ids.items() if v is not None})
+    atomic_write_json(folder / "generation_config.json", {k: v for k, v in gen_ids.items() if v is not None})
     if tokenizer_file is not None:
-        _write_tokenizer(folder, tok, tokenizer_file, cfg.max_seq_len, chat_template)
+        _write_tokenizer(folder, tok, tokenizer_file, cfg.max_seq_len, chat_template, special_tokens)
     for name, content in (extra_files or {}).items():
         atomic_write_bytes(folder / name, content if isinstance(content, bytes) else content.encode("utf-8"))
     return folder
@@ -434,3 +445,24 @@ def load_hf_folder(
         model.lm_head.weight = model.embed.weight
     model.reset_rope()
     return model.eval()
+
+
+def model_special_ids(folder: Path, tokenizer: Any) -> tuple[int | None, list[int]]:
+    """(prefix/bos id, eos ids) from config.json / generation_config.json, else the end-of-text token."""
+    from slmkit.tokenizer import EOT
+
+    folder = Path(folder)
+    ids: dict[str, Any] = {}
+    for name in ("config.json", "generation_config.json"):
+        try:
+            saved = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict):
+            ids.update({k: v for k, v in saved.items() if k in ("bos_token_id", "eos_token_id") and v is not None})
+    eos = ids.get("eos_token_id")
+    eos_ids = [eos] if isinstance(eos, int) else [e for e in (eos or []) if isinstance(e, int)]
+    if not eos_ids and tokenizer.token_to_id(EOT) is not None:
+        eos_ids = [tokenizer.token_to_id(EOT)]
+    bos = ids.get("bos_token_id")
+    return (bos if isinstance(bos, int) else (eos_ids[0] if eos_ids else None)), eos_ids

@@ -8,7 +8,6 @@ rest (limits, batching across documents, aggregation, standard errors, the sampl
 from __future__ import annotations
 
 import csv
-import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -101,19 +100,9 @@ def need_file(path: Path, task: str, hint: str = "") -> Path:
 
 def read_jsonl(path: Path, task: str, hint: str = "") -> list[dict]:
     """Objects of a JSON-lines file; SlmError naming the file and line when one is not an object."""
-    out = []
-    with open(need_file(path, task, hint), encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SlmError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(item, dict):
-                raise SlmError(f"{path}:{number}: expected a JSON object, got {type(item).__name__}")
-            out.append(item)
-    return out
+    from slmkit.data.jsonl import iter_json_objects
+
+    return [record for _, record in iter_json_objects(need_file(path, task, hint))]
 
 
 def read_lines(path: Path, task: str) -> list[str]:

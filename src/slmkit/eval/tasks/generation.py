@@ -237,8 +237,12 @@ class MBPP(CodeTask):
                 f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n")
 
     def _phi_prompt(self, doc: dict) -> str:
+        """The reference solution's imports and signature, then the task and one test as a docstring
+        (HumanEval's shape: the model writes the body)."""
+        imports = "".join(line.strip() + "\n" for line in doc["code"].splitlines()
+                          if line.startswith(("import ", "from ")))
         signature = signature_of(doc["code"], doc["tests"])
-        return f'{signature}\n    """{doc["text"]}\n    {doc["tests"][0]}\n    """\n'
+        return f'{imports}{signature}\n    """{doc["text"]}\n    {doc["tests"][0]}\n    """\n'
 
     def requests(self, doc: dict, num_fewshot: int, root: Path) -> list[GenerationRequest]:
         if self.phi:
