@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,25 +25,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from eval_utils import hellaswag_format_items, smollm2_folder  # noqa: E402  (the tests' real-model helpers)
+
 from slmkit.data.paths import datasets_dir
 from slmkit.eval.decoder_lm import load_decoder_lm
 from slmkit.eval.tasks import get_tasks
-
-
-def hellaswag_format_items(root: Path, n: int) -> list[dict]:
-    """OpenBookQA questions written as upstream hellaswag_val.jsonl items (4 endings each)."""
-    items = []
-    with open(root / "openbookqa/test.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            q = json.loads(line)
-            labels = [c["label"] for c in q["question"]["choices"]]
-            items.append({"ind": i, "activity_label": "Science", "ctx_a": q["question"]["stem"], "ctx_b": "",
-                          "ctx": q["question"]["stem"], "endings": [c["text"] for c in q["question"]["choices"]],
-                          "label": labels.index(q["answerKey"]), "split": "val", "split_type": "indomain",
-                          "source_id": q["id"]})
-    return items
 
 
 def task_requests(name: str, items: int, fewshot: int, root: Path) -> tuple[int, list[tuple[str, str]]]:
@@ -70,11 +56,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slm-bench-eval-"))
     folder = Path(args.model) if args.model else tmp / "smollm2"
     if not args.model:
-        from slmkit.interop.gguf import smollm2_gguf_path
-
-        subprocess.run([sys.executable, "-m", "slmkit.cli", "import", str(smollm2_gguf_path()), "--out", str(folder)],
-                       check=True, stdout=subprocess.DEVNULL)
-    (tmp / "hellaswag_val.jsonl").write_text("".join(json.dumps(i) + "\n" for i in hellaswag_format_items(root, args.items)))
+        smollm2_folder(folder)
+    items = hellaswag_format_items(args.items)
+    (tmp / "hellaswag_val.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     os.environ["SLMKIT_HELLASWAG"] = str(tmp / "hellaswag_val.jsonl")
 
     from lm_eval.api.instance import Instance

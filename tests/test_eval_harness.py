@@ -54,6 +54,28 @@ def test_eval_packed_scoring_equals_separate_forwards(tiny_lm):
         assert greedy == want_greedy
 
 
+def test_eval_shared_fewshot_prefix_computed_once_scores_the_same(tiny_lm):
+    """Items whose contexts share a long k-shot prefix: the prefix runs once per batch (KV cache
+    copied to every row), and each item still scores as its own forward pass would."""
+    from slmkit.eval import decoder_lm
+
+    shots = "".join(f"Question: what is {i} plus {i}?\nAnswer: {2 * i}\n\n" for i in range(1, 6))
+    requests = [(f"{shots}Question: what is {n} plus one?\nAnswer:", f" {choice}")
+                for n in ("seven", "eight", "nine", "ten") for choice in ("A", "B", "eleven")]
+    calls = []
+    original = decoder_lm.DecoderLM._forward_after_prefix
+    decoder_lm.DecoderLM._forward_after_prefix = lambda self, *a: calls.append(a[-1]) or original(self, *a)
+    try:
+        got = tiny_lm.loglikelihood(requests)
+    finally:
+        decoder_lm.DecoderLM._forward_after_prefix = original
+    assert calls and min(calls) >= decoder_lm.PREFIX_KEY
+    for request, (logprob, greedy) in zip(requests, got):
+        want, want_greedy = _separate_forward(tiny_lm, *request)
+        assert logprob == pytest.approx(want, abs=1e-4), request
+        assert greedy == want_greedy
+
+
 def test_eval_pair_encoding_matches_lm_eval_rules(tiny_lm):
     ctx, cont = encode_pair(tiny_lm.encode, "Answer: ", "yes", 7)
     assert ctx == tiny_lm.encode("Answer:") and ctx + cont == tiny_lm.encode("Answer: yes")
@@ -295,3 +317,14 @@ def test_eval_mbpp_reference_code_passes(datasets, fmt):
     results, samples = evaluate(ScriptedLM(completions=complete), [task],
                                 EvalOptions(datasets, limit=3, progress=False))
     assert results["tasks"]["mbpp"]["metrics"]["pass@1"]["value"] == 1.0, samples
+
+
+def test_eval_gsm8k_phi_format_executes_code(datasets):
+    """phi-1.5's GSM8K: the model writes solution(); its printed return value is the answer (sandboxed)."""
+    task = get_tasks(["gsm8k"], GenerationSettings(prompt_format="phi"))[0]
+    answers = iter(["    eggs = 16 - 3 - 4\n    return eggs * 2\n", "    return 1 / 0\n"])
+    results, samples = evaluate(ScriptedLM(completions=lambda r: next(answers)), [task],
+                                EvalOptions(datasets, limit=2, progress=False))
+    assert samples[0]["request"]["prompt"].startswith('def solution():\n    """Janet')
+    assert [s["answer"] for s in samples] == ["18", ""] and samples[1]["status"] == "error"
+    assert results["tasks"]["gsm8k"]["metrics"]["exact_match"]["value"] == 0.5

@@ -146,6 +146,11 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, tasks: list, names:
     from slmkit.eval.tasks import RUN_VALIDATION
 
     if args.backend == "lm-eval":
+        import os
+
+        if not args.progress:  # lm-eval and datasets draw their own bars
+            os.environ["TQDM_DISABLE"] = "1"
+            os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
         from slmkit.eval.lm_eval_bridge import run_lm_eval
 
         results = run_lm_eval(folder, [t.name for t in tasks], limit=args.limit, num_fewshot=args.num_fewshot,

@@ -60,6 +60,19 @@ class _Row:
         return len(self.context) + sum(len(c) - 1 for _, c in self.members)
 
 
+PREFIX_KEY = 32  # tokens: contexts sharing their first PREFIX_KEY tokens get their common prefix cached
+
+
+def shared_prefix_length(batch: list[_Row]) -> int:
+    """Tokens every row's context starts with, keeping each row's last context token (it is scored)."""
+    first = batch[0].context
+    limit = min(len(r.context) for r in batch) - 1
+    n = 0
+    while n < limit and all(r.context[n] == first[n] for r in batch):
+        n += 1
+    return n if len(batch) > 1 else 0
+
+
 def pack_rows(items: list[tuple[int, tuple[int, ...], list[int]]], max_length: int) -> list[_Row]:
     """Group (index, context, continuation) by context into rows of at most max(max_length, one item)."""
     by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
@@ -168,12 +181,27 @@ class DecoderLM(LanguageModel):
             progress(len(texts))
         return [(float(lp), int(n)) for lp, n in totals]
 
+    def _batches(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Rows in batches: those whose contexts start with the same PREFIX_KEY tokens (k-shot prompts
+        of one subject) batch together, so their common prefix is computed once; the rest by length."""
+        def key(row: _Row) -> tuple:
+            shared = len(row.context) > 2 * PREFIX_KEY
+            return (not shared, row.context[:PREFIX_KEY] if shared else (), -row.length)
+
+        rows = sorted(rows, key=key)
+        batches: list[list[_Row]] = []
+        for row in rows:
+            last = batches[-1] if batches else None
+            if last and len(last) < self.batch_size and key(last[0])[:2] == key(row)[:2]:
+                last.append(row)
+            else:
+                batches.append([row])
+        return batches
+
     @torch.inference_mode()
     def _score(self, items: list[tuple[int, tuple[int, ...], list[int]]],
                results: list[tuple[float, bool]], progress: Progress | None) -> None:
-        rows = sorted(pack_rows(items, self.max_length), key=lambda r: -r.length)
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
+        for batch in self._batches(pack_rows(items, self.max_length)):
             width = max(r.length for r in batch)
             built = [_row_tensors(r, width) for r in batch]
             ids = torch.tensor([b[0] for b in built], device=self.device)
@@ -184,8 +212,12 @@ class DecoderLM(LanguageModel):
             for r, b in enumerate(built):
                 flat = [p for s in b[3] for p in s[2]]
                 gather[r, :len(flat)] = torch.tensor(flat)
+            prefix = shared_prefix_length(batch) if width <= self.model.config.max_seq_len else 0
             with self.autocast():
-                logits = self.model(ids, positions=positions, attend=attend, logits_at=gather.to(self.device))
+                if prefix >= PREFIX_KEY:
+                    logits = self._forward_after_prefix(ids, positions, attend, gather, prefix)
+                else:
+                    logits = self.model(ids, positions=positions, attend=attend, logits_at=gather.to(self.device))
             logprobs = F.log_softmax(logits.float(), dim=-1)
             for r, b in enumerate(built):
                 offset = 0
@@ -198,6 +230,20 @@ class DecoderLM(LanguageModel):
                     results[index] = (float(picked.sum()), greedy)
             if progress is not None:
                 progress(sum(len(r.members) for r in batch))
+
+    def _forward_after_prefix(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor,
+                              gather: torch.Tensor, prefix: int) -> torch.Tensor:
+        """The batch's forward with its first `prefix` tokens (the same in every row) run once: their
+        keys/values go into a cache copied to every row, then the rest attends to them."""
+        rows, width = ids.shape
+        one = self.model.new_cache(1, prefix)
+        self.model(ids[:1, :prefix], kv_cache=one, logits_at=torch.zeros(1, 1, dtype=torch.long, device=self.device))
+        cache = self.model.new_cache(rows, width)
+        for (k1, v1), (k, v) in zip(one.layers, cache.layers):
+            k[:, :, :prefix] = k1
+            v[:, :, :prefix] = v1
+        return self.model(ids[:, prefix:], kv_cache=cache, start_pos=prefix, positions=positions[:, prefix:],
+                          attend=attend[:, prefix:], logits_at=(gather - prefix).to(self.device))
 
     # ------------------------------------------------------------------ generation
 
@@ -240,9 +286,10 @@ class DecoderLM(LanguageModel):
                             skip_special=True)
 
     def _fit_prompt(self, prompt: str, budget: int) -> str:
-        """lm-eval keeps the last max_length - max_new_tokens prompt tokens."""
+        """lm-eval keeps the last max_length - max_new_tokens prompt tokens; where the budget is larger
+        than half the context (small models), the prompt keeps half and generation gets the rest."""
         ids = self.encode(prompt)
-        room = max(1, self.max_length - budget)
+        room = max(self.max_length // 2, self.max_length - budget)
         return prompt if len(ids) <= room else self.tokenizer.decode(ids[-room:], skip_special_tokens=False)
 
 

@@ -122,17 +122,18 @@ class Decoder(nn.Module):
         kv_cache/start_pos: the tokens sit at cache slots start_pos..start_pos+T-1 and attend to
         every earlier slot. attention_mask: [B, start_pos+T] (1 = real token, 0 = padding) over all
         slots so far, as in HF; it also sets positions (cumsum - 1) unless `positions` [B, T] is given.
-        attend: an explicit bool [B, T, T] "query may attend to key" pattern (no cache), with
-        `positions`; e.g. several continuations packed after one shared context (eval.decoder_lm).
-        Then T may exceed the context: only the positions must fit it.
+        attend: an explicit bool [B, T, start_pos+T] "query may attend to key" pattern, with `positions`;
+        e.g. several continuations packed after one shared context (eval.decoder_lm). Then T may
+        exceed the context (without a cache): only the positions must fit it.
         logits_at: [B, P] indices along T; only those positions are projected ([B, P, V] logits).
         """
         B, T = input_ids.shape
         end = start_pos + T
         if attend is not None:
-            if positions is None or kv_cache is not None:
-                raise ValueError("an explicit `attend` pattern needs `positions` and no KV cache")
-            end = int(positions.max()) + 1 if positions.numel() else 0
+            if positions is None:
+                raise ValueError("an explicit `attend` pattern needs `positions`")
+            if kv_cache is None:
+                end = int(positions.max()) + 1 if positions.numel() else 0
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds the model context {self.config.max_seq_len}")
         if positions is None and attention_mask is not None:
