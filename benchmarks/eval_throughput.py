@@ -3,7 +3,7 @@
 Both sides score exactly the same (context, continuation) requests, built by our tasks (identical to
 lm-eval's prompts), in the same process, fp32, the same batch size and threads. Ours packs every
 choice of an item after one copy of its context and projects only scored positions; lm-eval's HFLM
-runs one row per (context, choice). Items: arc_easy, mmlu (5-shot, first subjects), and
+runs one row per (context, choice). Items: arc_easy, mmlu (5-shot, the first 20 items of each of the first subjects), and
 hellaswag-format items made from OpenBookQA questions (HellaSwag itself is not shipped).
 The log-likelihoods of both sides are compared too (max |difference|).
 
@@ -33,9 +33,12 @@ from slmkit.eval.decoder_lm import load_decoder_lm
 from slmkit.eval.tasks import get_tasks
 
 
+MMLU_PER_SUBJECT = 20  # as `--limit 20` would: the first 20 items of the first subjects
+
+
 def task_requests(name: str, items: int, fewshot: int, root: Path) -> tuple[int, list[tuple[str, str]]]:
     task = get_tasks([name])[0]
-    docs = task.limit_docs(task.docs(root), items if name != "mmlu" else max(1, items // 57) or 1)[:items]
+    docs = task.limit_docs(task.docs(root), MMLU_PER_SUBJECT if name == "mmlu" else items)[:items]
     return len(docs), [r for d in docs for r in task.requests(d, fewshot, root)]
 
 
