@@ -172,12 +172,12 @@ class DecoderLM(LanguageModel):
                 items.append((len(owners), tuple(context), continuation))
                 owners.append(text_index)
         window_results: list[tuple[float, bool]] = [(0.0, True)] * len(items)
-        self._score(items, window_results, None)
+        self._score(items, window_results, _in_whole_units(progress, len(texts), len(items)))
         totals = [[0.0, 0] for _ in texts]
         for (index, _, continuation), (logprob, _) in zip(items, window_results):
             totals[owners[index]][0] += logprob
             totals[owners[index]][1] += len(continuation)
-        if progress is not None:
+        if progress is not None and not items:
             progress(len(texts))
         return [(float(lp), int(n)) for lp, n in totals]
 
@@ -291,6 +291,22 @@ class DecoderLM(LanguageModel):
         ids = self.encode(prompt)
         room = max(self.max_length // 2, self.max_length - budget)
         return prompt if len(ids) <= room else self.tokenizer.decode(ids[-room:], skip_special_tokens=False)
+
+
+def _in_whole_units(progress: Progress | None, total: int, parts: int) -> Progress | None:
+    """A callback counting `parts` (windows) that reports whole units of `total` (texts) to `progress`."""
+    if progress is None:
+        return None
+    done = {"parts": 0, "reported": 0}
+
+    def update(n: int) -> None:
+        done["parts"] += n
+        whole = done["parts"] * total // max(1, parts)
+        if whole > done["reported"]:
+            progress(whole - done["reported"])
+            done["reported"] = whole
+
+    return update
 
 
 def rolling_windows(tokens: list[int], prefix_id: int, max_length: int) -> list[tuple[list[int], list[int]]]:
