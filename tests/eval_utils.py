@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -47,6 +48,23 @@ def make_tiny_checkpoint(folder: Path, family: str = "llama", max_seq_len: int =
     save_hf_folder(model, folder, tokenizer_file=tok_file)
     tok_file.unlink()
     return folder
+
+
+@contextlib.contextmanager
+def hellaswag_file(path: Path, items: list[dict]):
+    """Write items as a hellaswag_val.jsonl at path and point $SLMKIT_HELLASWAG at it while in use."""
+    from slmkit.eval.tasks.choice import HELLASWAG_ENV
+
+    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    old = os.environ.get(HELLASWAG_ENV)
+    os.environ[HELLASWAG_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop(HELLASWAG_ENV, None)
+        else:
+            os.environ[HELLASWAG_ENV] = old
 
 
 def hellaswag_format_items(n: int) -> list[dict]:

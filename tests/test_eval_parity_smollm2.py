@@ -9,7 +9,6 @@ disagreement would show. The fast tiny-checkpoint version is tests/test_lm_eval_
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -18,12 +17,11 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from eval_utils import hellaswag_format_items, smollm2_folder  # noqa: E402
+from eval_utils import hellaswag_file, hellaswag_format_items, smollm2_folder  # noqa: E402
 
 from slmkit.eval.decoder_lm import load_decoder_lm  # noqa: E402
 from slmkit.eval.harness import EvalOptions, evaluate  # noqa: E402
 from slmkit.eval.tasks import get_tasks  # noqa: E402
-from slmkit.eval.tasks.choice import HELLASWAG_ENV  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +33,8 @@ ITEMS, GSM8K_ITEMS, GSM8K_TOKENS = 100, 10, 128
 def real(tmp_path_factory, datasets):
     root = tmp_path_factory.mktemp("smollm2")
     folder = smollm2_folder(root / "model")
-    hellaswag = root / "hellaswag_val.jsonl"
-    hellaswag.write_text("".join(json.dumps(i) + "\n" for i in hellaswag_format_items(ITEMS)), encoding="utf-8")
-    old = os.environ.get(HELLASWAG_ENV)
-    os.environ[HELLASWAG_ENV] = str(hellaswag)
-    yield {"folder": folder, "data": datasets, "lm": load_decoder_lm(folder, device="cpu", batch_size=16)}
-    if old is None:
-        os.environ.pop(HELLASWAG_ENV, None)
-    else:
-        os.environ[HELLASWAG_ENV] = old
+    with hellaswag_file(root / "hellaswag_val.jsonl", hellaswag_format_items(ITEMS)):
+        yield {"folder": folder, "data": datasets, "lm": load_decoder_lm(folder, device="cpu", batch_size=16)}
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from eval_utils import make_tiny_checkpoint  # noqa: E402
+from eval_utils import hellaswag_file, make_tiny_checkpoint  # noqa: E402
 
 from slmkit.errors import SlmError  # noqa: E402
 from slmkit.eval.harness import EvalOptions, evaluate  # noqa: E402
 from slmkit.eval.lm_eval_bridge import SlmkitLM, generation_request, run_lm_eval, write_task_configs  # noqa: E402
 from slmkit.eval.tasks import get_tasks  # noqa: E402
-from slmkit.eval.tasks.choice import HELLASWAG_ENV  # noqa: E402
 
 CHOICE_TASKS = ["arc_easy", "piqa", "winogrande", "boolq", "mmlu_anatomy", "siqa", "openbookqa", "hellaswag"]
 LIMIT, GSM8K_LIMIT, MAX_GEN_TOKS = 10, 3, 16
@@ -62,15 +61,8 @@ def env(tmp_path_factory, datasets):
     """The checkpoint, a hellaswag file (via $SLMKIT_HELLASWAG) and the data root."""
     root = tmp_path_factory.mktemp("lm_eval_bridge")
     model = make_tiny_checkpoint(root / "ckpt")
-    hellaswag = root / "hellaswag_val.jsonl"
-    hellaswag.write_text("".join(json.dumps(item) + "\n" for item in HELLASWAG_ITEMS), encoding="utf-8")
-    old = os.environ.get(HELLASWAG_ENV)
-    os.environ[HELLASWAG_ENV] = str(hellaswag)
-    yield {"model": model, "data": datasets, "tmp": root}
-    if old is None:
-        os.environ.pop(HELLASWAG_ENV, None)
-    else:
-        os.environ[HELLASWAG_ENV] = old
+    with hellaswag_file(root / "hellaswag_val.jsonl", HELLASWAG_ITEMS):
+        yield {"model": model, "data": datasets, "tmp": root}
 
 
 @pytest.fixture(scope="module")
