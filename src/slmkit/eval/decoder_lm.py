@@ -9,8 +9,10 @@ Speed (why this is written here and not borrowed from lm-eval): every continuati
 context is packed into ONE row after a single copy of the context. Each continuation's tokens
 attend to the context and causally to themselves only, with positions restarting after the
 context, so its log-likelihood is the one a separate forward would give; the context is computed
-once per item instead of once per choice (4x fewer tokens for a 5-shot MMLU item). Rows are sorted
-by length and batched, and only the positions that are scored are projected to the vocabulary.
+once per item instead of once per choice. Rows whose contexts share a long prefix (k-shot
+examples, e.g. MMLU's first-n) batch together and run that prefix once per batch through a KV
+cache copied to every row; other rows are sorted by length. Only the positions that are scored
+are projected to the vocabulary.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class _TextState:
 
     def update(self, text: str) -> str:
         """Set the full completion text; return the newly final part (safe to stream)."""
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        cut = first_stop(text, self.stop)
         if cut >= 0:
             text, self.stopped = text[:cut], True
         self.text = text
@@ -234,12 +234,15 @@ def generate(
         delta = state.finish()
         if delta and stream is not None:
             stream(row, delta)
-        results.append(_cut(tokenizer.decode(new, skip_special_tokens=True), stop) if skip_special else state.text)
+        if skip_special:
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            cut = first_stop(text, stop)
+            results.append(text[:cut] if cut >= 0 else text)
+        else:
+            results.append(state.text)
     return results
 
 
-def _cut(text: str, stop: list[str]) -> str:
-    """`text` up to its first stop string."""
-    for s in stop:
-        text = text.split(s, 1)[0]
-    return text
+def first_stop(text: str, stop: list[str]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)

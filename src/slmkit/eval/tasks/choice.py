@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from slmkit.errors import SlmError
 from slmkit.eval.lm import LOGLIKELIHOOD
 from slmkit.eval.tasks.base import Metric, Task, read_csv, read_jsonl, read_lines
 
@@ -128,8 +130,6 @@ def _with_labels(relative: str, labels_file: str, build: Callable[[dict, str], d
         items = read_jsonl(root / relative, task)
         labels = read_lines(root / labels_file, task)
         if len(labels) != len(items):
-            from slmkit.errors import SlmError
-
             raise SlmError(f"{root / labels_file}: {len(labels)} labels for {len(items)} items in {root / relative}")
         return [{"id": f"{task}-{i}", **build(item, label)} for i, (item, label) in enumerate(zip(items, labels))]
 
@@ -165,8 +165,6 @@ def _winogrande(root: Path, task: str) -> list[dict]:
 
 def _hellaswag_text(text: str) -> str:
     """lm-eval's preprocess: WikiHow artifacts out ("[title]" -> ". ", other [brackets] removed)."""
-    import re
-
     text = text.strip().replace(" [title]", ". ")
     text = re.sub("\\[.*?\\]", "", text)
     return text.replace("  ", " ")
@@ -213,8 +211,6 @@ def _mmlu(split: str, subjects: tuple[str, ...]) -> Loader:
             path = root / "mmlu" / split / f"{subject}_{split}.csv"
             for i, row in enumerate(read_csv(path, task)):
                 if len(row) != 6 or row[5] not in "ABCD":
-                    from slmkit.errors import SlmError
-
                     raise SlmError(f"{path}: row {i + 1} needs 6 columns (question, A-D, answer letter)")
                 question, *choices, answer = row
                 query = (f"{question.strip()}\nA. {choices[0]}\nB. {choices[1]}\nC. {choices[2]}\n"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmkit.errors import SlmError
+from slmkit.errors import SlmError, check_choice
 from slmkit.eval.lm import GENERATE, GenerationRequest
 from slmkit.eval.tasks.base import Metric, Task, read_jsonl
 
@@ -56,16 +56,20 @@ class GenerationTask(Task):
 
     def __init__(self, settings: GenerationSettings | None = None) -> None:
         self.settings = settings or GenerationSettings()
-        if self.settings.prompt_format not in PROMPT_FORMATS:
-            from slmkit.errors import check_choice
-
-            check_choice(self.settings.prompt_format, PROMPT_FORMATS, "--prompt-format")
+        check_choice(self.settings.prompt_format, PROMPT_FORMATS, "--prompt-format")
 
     def request(self, prompt: str, until: tuple[str, ...]) -> GenerationRequest:
         s = self.settings
         greedy = s.temperature == 0
         return GenerationRequest(prompt, until, s.max_new_tokens or self.default_max_new_tokens,
                                  temperature=s.temperature, top_p=s.top_p, n=1 if greedy else s.samples, seed=s.seed)
+
+    def limits(self) -> Any:
+        """Sandbox limits for checking one program: wall and CPU time from the settings."""
+        from slmkit.eval.sandbox import SandboxLimits
+
+        seconds = self.settings.sandbox_seconds
+        return SandboxLimits(wall_seconds=seconds, cpu_seconds=seconds)
 
     def score_all(self, docs: list[dict], responses: list[list[Any]]) -> list[tuple[dict[str, float], dict]]:
         """Score documents in parallel threads (each check is a sandboxed process)."""
@@ -125,10 +129,14 @@ class GSM8K(GenerationTask):
     def docs(self, root: Path) -> list[dict]:
         return [{"id": f"gsm8k-{i}", **item} for i, item in enumerate(read_jsonl(root / "gsm8k/test.jsonl", self.name))]
 
+    @staticmethod
+    def code_prompt(doc: dict) -> str:
+        """phi-1.5's format: the question as the docstring of a solution() that returns the answer."""
+        return f'def solution():\n    """{doc["question"].strip()}\n    Return the final answer as a number.\n    """\n'
+
     def requests(self, doc: dict, num_fewshot: int, root: Path) -> list[GenerationRequest]:
         if self.code:
-            prompt = f'def solution():\n    """{doc["question"].strip()}\n    Return the final answer as a number.\n    """\n'
-            return [self.request(prompt, ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"))]
+            return [self.request(self.code_prompt(doc), ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"))]
         if self._train is None and num_fewshot:
             self._train = read_jsonl(root / "gsm8k/train.jsonl", self.name)
         shots = random.Random(f"gsm8k:{doc['id']}").sample(self._train, num_fewshot) if num_fewshot else []
@@ -139,10 +147,9 @@ class GSM8K(GenerationTask):
         completion = responses[0][0]
         gold = normalize_answer(doc["answer"])
         if self.code:
-            from slmkit.eval.sandbox import SandboxLimits, run_python
+            from slmkit.eval.sandbox import run_python
 
-            program = self.requests(doc, 0, Path())[0].prompt + completion + "\nprint(solution())\n"
-            result = run_python(program, SandboxLimits(wall_seconds=self.settings.sandbox_seconds))
+            result = run_python(self.code_prompt(doc) + completion + "\nprint(solution())\n", self.limits())
             printed = result.stdout.strip().splitlines()[-1] if result.passed and result.stdout.strip() else ""
             value, target = _as_number(printed), _as_number(gold)
             ok = value is not None and target is not None and abs(value - target) < 1e-6
@@ -173,11 +180,10 @@ class CodeTask(GenerationTask):
         raise NotImplementedError
 
     def score(self, doc: dict, responses: list[list[str]]) -> tuple[dict[str, float], dict[str, Any]]:
-        from slmkit.eval.sandbox import SandboxLimits, check_program
+        from slmkit.eval.sandbox import check_program
 
-        limits = SandboxLimits(wall_seconds=self.settings.sandbox_seconds, cpu_seconds=self.settings.sandbox_seconds)
         completions = responses[0]
-        results = [check_program(self.program(doc, c), doc["test_code"], limits) for c in completions]
+        results = [check_program(self.program(doc, c), doc["test_code"], self.limits()) for c in completions]
         correct = sum(r.passed for r in results)
         values = {f"pass@{k}": pass_at_k(len(completions), correct, k) for k in self.ks}
         record = {"id": doc["id"], "correct": correct, "n": len(completions),
