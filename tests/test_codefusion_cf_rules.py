@@ -6,8 +6,8 @@ import pytest
 
 from slmkit.errors import SlmError
 from slmkit.eval.cf_rules import (
-    Call, CellRef, CFRuleError, ColumnRef, Number, Text, execution_match, flag_rows, gold_agreement,
-    is_visual_only, load_benchmark, normalize_rule, parse_rule, score_item,
+    LABEL_NOISE, PARTIAL_DATA, SHIFTED, Call, CellRef, CFRuleError, ColumnRef, Number, Text, execution_match,
+    flag_rows, gold_agreement, is_visual_only, load_benchmark, normalize_rule, parse_rule, score_item,
 )
 
 
@@ -77,9 +77,11 @@ def test_averages_ignore_text_and_blanks() -> None:
 
 
 def test_duplicates_case_insensitive_numbers_by_value_blanks_never() -> None:
-    data = table("Apple", "apple", "pear", "", "", "1", "1.0")
-    assert flag_rows("Duplicate()", data) == [True, True, False, False, False, True, True]
-    assert flag_rows("Duplicate()", data, semantics="labels")[:3] == [True, False, True]
+    data = table("Apple", "apple", "pear", "", "", "1", "1.0", "pear ")
+    assert flag_rows("Duplicate()", data) == [True, True, False, False, False, True, True, False]  # spaces count
+    # the labeler flags first occurrences, case-sensitively (train item 625: "february" then "February");
+    # this test used to expect "apple" unflagged, which the labels contradict
+    assert flag_rows("Duplicate()", data, semantics="labels") == [True, True, True, True, False, True, False, True]
 
 
 def test_blanks_text_and_between() -> None:
@@ -90,6 +92,62 @@ def test_blanks_text_and_between() -> None:
     assert flag_rows("TextEquals(error)", data) == [False, False, False, True, False, False]
     assert flag_rows("Between(7, 5)", data) == [False, False, False, False, True, True]  # reversed bounds
     assert flag_rows("Between(0, 5)", data) == [True, True, False, False, True, False]  # inclusive, blank = 0
+
+
+def test_text_rules_keep_cell_spaces() -> None:
+    data = table("Intestinal", "Intestinal ", "intestinal", " Intestinal", 5)
+    for semantics in ("excel", "labels"):
+        assert flag_rows("TextEquals(Intestinal)", data, semantics) == [True, False, True, False, False]
+        assert flag_rows("TextStartsWith(int)", data, semantics) == [True, True, True, False, False]
+        assert flag_rows("TextContains(Intestinal)", data, semantics)[:4] == [True] * 4
+    assert flag_rows('Equals("intestinal")', data) == [True, False, True, False, False]
+
+
+def test_labeler_reads_text_as_zero_in_numeric_rules() -> None:
+    data = table("J207", "0", "5", "n/a", "")
+    assert flag_rows("Equals(0)", data) == [False, True, False, False, True]  # Excel: blank is 0, text is not
+    assert flag_rows("Equals(0)", data, semantics="labels") == [True, True, False, True, True]
+    assert flag_rows("bottom(1)", table("x", "3", "1")) == [False, False, True]
+    assert flag_rows("bottom(1)", table("x", "3", "1"), semantics="labels") == [True, True, True]
+    assert flag_rows("top(1)", table("x", "0", "0")) == [False, True, True]
+    assert flag_rows("top(1)", table("x", "0", "0"), semantics="labels") == [True, True, True]
+    assert flag_rows("top(1)", table("x", "0", "2"), semantics="labels") == [False, False, True]
+    # the mean stays over the numeric cells (20), text then counts as 0 against it
+    avg = table("10", "20", "30", "<10")
+    assert flag_rows("belowAverage()", avg) == [True, False, False, False]
+    assert flag_rows("belowAverage()", avg, semantics="labels") == [True, False, False, True]
+    assert flag_rows("aboveAverage()", avg, semantics="labels") == [False, False, True, False]
+
+
+def test_labeler_percent_counts_cells_left_out_of_data() -> None:
+    # Index 0..29 with rows 10..19 left out: Excel counts the 20 numbers (2 items), the labeler the 30 cells (3)
+    data = [["Index", "Value"]] + [[i, str(i)] for i in (*range(10), *range(20, 30))]
+    assert sum(flag_rows("top(10%)", data)) == 2
+    assert sum(flag_rows("top(10%)", data, semantics="labels")) == 3
+    assert flag_rows("bottom(10%)", data)[:3] == [True, True, False]
+    assert sum(flag_rows("bottom(10%)", data, semantics="labels")) == 18  # <= the 3rd largest
+    assert flag_rows("top(1%)", data, semantics="labels")[-1]  # at least one item
+
+
+def test_labeler_inverts_blanks() -> None:
+    data = table("a", "", "  ", "0")
+    assert flag_rows("Blanks()", data) == [False, True, True, False]
+    assert flag_rows("Blanks()", data, semantics="labels") == [True, False, False, True]
+    assert flag_rows("NoBlanks()", data, semantics="labels") == flag_rows("NoBlanks()", data)
+
+
+def test_references_and_excelscript_recordings() -> None:
+    data = table("Male", "Female", "5", "2")
+    recorded = ('LessThan(3",formula2:undefined,operator:ExcelScript.ConditionalCellValueOperator.lessThan,}); '
+                'x.setRule({formula1:"=3)')
+    assert parse_rule(recorded) == Call("LessThan", (Number(3.0),))
+    assert flag_rows(recorded, data) == [False, False, False, True]
+    named = recorded.replace("LessThan(3", "TextEquals(Male").replace("lessThan", "equalTo")
+    assert parse_rule(named) == Call("TextEquals", (CellRef("Male"),))  # formula "=Male" names a sheet name
+    for rule in (named, "TextEquals($B$3)", "GreaterThan($E$13)", "AND(GreaterThan(1),LessThan($A$1))"):
+        with pytest.raises(CFRuleError):
+            flag_rows(rule, data)  # the sheet cell is unknown: score_item falls back to exact match
+        assert flag_rows(rule, data, semantics="labels") == [False] * 4  # the labeler resolved none
 
 
 def test_comparisons_numbers_as_strings_and_column_refs() -> None:
@@ -137,9 +195,33 @@ def bench() -> dict:
 def test_gold_rules_reproduce_train_labels(bench: dict) -> None:
     result = gold_agreement(bench["train"], semantics="labels")
     assert result["eligible"] == 496
-    # measured 411/496 = 82.9%; the rest are truncated 100-row tables, cell references, noisy labels
-    assert result["rate"] >= 0.82, result["disagreements"][:5]
+    # Measured 441/496 = 88.9%. The 95% goal is out of reach from Data alone; the other 55 are:
+    # - 41 PARTIAL_DATA: top/bottom/average rules over tables the file cuts at 100 rows (40) or whose range
+    #   has cells Data leaves out (1); each one's labels are "values beyond a cut-off" in the rule's
+    #   direction, the cut-off set by rows we cannot see (e.g. top(1) flags no visible row: 181, 292, 311);
+    # - 5 SHIFTED: the labels fit the rule one row up (116-119, 379), while other tables like them
+    #   (397, 454, 494) fit the usual alignment, so no rule of the language can shift them;
+    # - 9 LABEL_NOISE: the labels contradict the values (GreaterThan(40000) leaves 74203.8 unflagged and
+    #   flags 34156.2: 580, 591, 603; flattened multi-column ranges: 428, 566, 567; 234, 235, 394).
+    assert result["matched"] == 441, result["by_category"]
+    assert result["rate"] >= 0.889
+    assert result["by_category"] == {PARTIAL_DATA: 41, LABEL_NOISE: 9, SHIFTED: 5}
     assert result["matched"] + len(result["disagreements"]) == result["eligible"]
+
+
+def test_agreement_categories() -> None:
+    items = [
+        {"ID": "ok", "Code": "GreaterThan(2)", "Data": table("1", "3"), "Labels": [0, 0, 1]},
+        {"ID": "cut", "Code": "top(1)", "Data": table(*map(str, range(100))), "Labels": [0] * 101},
+        {"ID": "up", "Code": "GreaterThan(2)", "Data": table("1", "3", "1"), "Labels": [0, 1, 0, 0]},
+        {"ID": "noise", "Code": "GreaterThan(2)", "Data": table("5", "1", "1"), "Labels": [0, 0, 1, 0]},
+        # a cut-off fits, but the table is whole: no unseen row can have moved it
+        {"ID": "short", "Code": "top(1)", "Data": table("1", "3", "2"), "Labels": [0, 0, 1, 1]},
+    ]
+    result = gold_agreement(items)
+    assert (result["eligible"], result["matched"]) == (5, 1)
+    assert [(d["ID"], d["category"]) for d in result["disagreements"]] == [
+        ("cut", PARTIAL_DATA), ("up", SHIFTED), ("noise", LABEL_NOISE), ("short", LABEL_NOISE)]
 
 
 def test_every_test_item_scores(bench: dict) -> None:

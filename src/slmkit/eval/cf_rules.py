@@ -13,10 +13,17 @@ Semantics follow Excel:
   ``Equals`` ...) read numbers stored as strings as numbers, treat blank cells as 0 and never flag text
   cells against a numeric bound;
 * text rules (``TextContains``, ``TextEquals``, ``TextStartsWith``, ``TextEndsWith``) are
-  case-insensitive and read numbers as their text;
+  case-insensitive, read numbers as their text and keep the cell's surrounding spaces;
 * ``top``/``bottom`` (N items or N%), ``aboveAverage``/``belowAverage`` are computed over the numeric
   cells of the column (ties included, N% is ``max(1, int(count * N / 100))`` items);
-* ``Duplicate``/``Unique`` compare non-blank values case-insensitively; ``Blanks`` flags empty cells.
+* ``Duplicate``/``Unique`` compare non-blank values case-insensitively; ``Blanks`` flags empty cells;
+* a cell reference (``$B$6``) points into the sheet, which Data is not: such rules are not evaluable.
+
+``flag_rows(..., semantics="labels")`` instead reproduces the program that made the benchmark's ``Labels``
+(it is not Excel): ``bottom(N)`` flags values <= the N-th largest, N% counts every cell of the range,
+text cells count as 0 in numeric rules, ``Duplicate()`` flags first occurrences (case-sensitively),
+``Blanks()`` flags non-blank cells, references format nothing, visual rules flag every row.
+:func:`gold_agreement` measures how well that reproduces the labels and names why the rest differ.
 
 Visual rules (``ColorScale``, ``DataBar``, ``IconSet``) flag no particular rows: score them by
 normalized exact match (:func:`normalize_rule`).
@@ -27,7 +34,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -37,6 +45,7 @@ __all__ = [
     "CFRuleError", "Call", "CellRef", "ColumnRef", "Number", "Rule", "Text",
     "parse_rule", "flag_rows", "is_visual_only", "normalize_rule",
     "execution_match", "score_item", "gold_agreement", "load_benchmark",
+    "PARTIAL_DATA", "SHIFTED", "LABEL_NOISE", "NOT_EXECUTABLE",
 ]
 
 
@@ -72,7 +81,8 @@ class ColumnRef:
 
 @dataclass(frozen=True)
 class CellRef:
-    """An absolute cell reference such as ``$E$13`` (parsed, not evaluable on the benchmark tables)."""
+    """A reference to the sheet: a cell such as ``$E$13``, or a name such as ``Male`` in an ExcelScript
+    ``formula1:"=Male"``. Data is not the sheet, so Excel semantics cannot resolve it."""
 
     ref: str
 
@@ -241,10 +251,25 @@ class _Parser:
         return Text(value)
 
 
+# An ExcelScript recording cut into a rule: ``LessThan(3",formula2:undefined,operator:ExcelScript.
+# ConditionalCellValueOperator.lessThan,}); ...``; the operand is the recording's ``formula1:"=3"``.
+_SCRIPT_RE = re.compile(
+    r'\s*([A-Za-z]+)\(([^"()]*)",\s*formula2:.*ExcelScript\.ConditionalCellValueOperator\..*\)\s*$', re.DOTALL)
+
+
+def _script_rule(m: re.Match[str]) -> Call:
+    """``Name(operand)``: formula ``=operand`` is a number, or a name that Excel looks up on the sheet."""
+    operand = m.group(2).strip()
+    num = _to_number(operand)
+    return Call(_canonical(m.group(1)), (Number(num) if num is not None else CellRef(operand),))
+
+
 def parse_rule(text: str) -> Rule:
     """Parse a CF rule; CFRuleError (naming the position) on malformed input."""
     if not isinstance(text, str) or not text.strip():
         raise CFRuleError("CF rule: empty rule at position 0")
+    if m := _SCRIPT_RE.match(text):
+        return _script_rule(m)
     parser = _Parser(text)
     try:
         return parser.parse()
@@ -315,11 +340,13 @@ def _to_number(v: object) -> float | None:
 
 
 def _to_text(v: object) -> str:
+    """The cell's text as stored: Excel's text and equality tests keep surrounding spaces ("Intestinal " is
+    not "Intestinal"); only ``Blanks`` trims (LEN(TRIM(cell))=0)."""
     if v is None:
         return ""
     if isinstance(v, float) and v == int(v):
         return str(int(v))
-    return str(v).strip()
+    return str(v)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -327,11 +354,34 @@ def _to_text(v: object) -> str:
 Column = list[object]
 Flags = list[bool]
 SEMANTICS = ("excel", "labels")
-_LABELS_MODE: ContextVar[bool] = ContextVar("cf_labels_mode", default=False)  # flag_rows(..., "labels")
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """How :func:`flag_rows` evaluates: ``labels`` = the benchmark labeler's quirks; ``cells`` = range size."""
+
+    labels: bool = False
+    cells: int = 0
+
+
+_MODE: ContextVar[_Mode] = ContextVar("cf_mode", default=_Mode())
+
+
+def _labels() -> bool:
+    return _MODE.get().labels
 
 
 def _column(rows: Sequence[Sequence[object]], index: int) -> Column:
     return [row[index] if index < len(row) else None for row in rows]
+
+
+def _range_size(rows: Sequence[Sequence[object]]) -> int:
+    """Cells in the rule's range: column 0 (``Index``) numbers each row's position in the range, and Data
+    leaves some cells out (gaps in ``Index``, e.g. 0, 1, 4), so the range spans max - min + 1 positions."""
+    index = [row[0] for row in rows if row]
+    if not index or not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+        return len(rows)
+    return max(len(rows), max(index) - min(index) + 1)  # type: ignore[type-var, operator]
 
 
 def _default_column(rows: Sequence[Sequence[object]]) -> int:
@@ -358,11 +408,18 @@ def _num_arg(call: Call, args: tuple[Arg, ...], i: int) -> Number:
     return a
 
 
+def _cell_number(v: object) -> float | None:
+    """A non-blank cell in a numeric rule. Excel leaves text cells out (None); the benchmark labeler read
+    them as 0, so ``Equals(0)``, ``bottom``, ``belowAverage`` flag its text cells."""
+    x = _to_number(v)
+    return 0.0 if x is None and _labels() else x
+
+
 def _compare(col: Column, pred: Callable[[float], bool]) -> Flags:
-    """Excel cellIs: blank counts as 0, text cells never match a numeric bound."""
+    """Excel cellIs: blank counts as 0, text cells never match a numeric bound (labeler: text is 0)."""
     out = []
     for v in col:
-        x = 0.0 if _is_blank(v) else _to_number(v)
+        x = 0.0 if _is_blank(v) else _cell_number(v)
         out.append(x is not None and pred(x))
     return out
 
@@ -421,39 +478,59 @@ def _numeric(col: Column) -> list[float | None]:
     return [None if _is_blank(v) else _to_number(v) for v in col]
 
 
+def _ranked(col: Column) -> list[float | None]:
+    """Values that top/bottom/average rules compare with their cut-off: blanks skipped, text per
+    :func:`_cell_number` (the labeler's ``top(1)`` over zeros flags the text cells too)."""
+    return [None if _is_blank(v) else _cell_number(v) for v in col]
+
+
+def _rank_count(call: Call, n_arg: Number, n_values: int) -> int:
+    """How many items ``top``/``bottom`` keep: N, or N% of the count rounded down, at least 1 (Excel).
+
+    Excel's N% counts the numeric cells; the labeler counted every cell of the rule's range, the cells Data
+    leaves out included (see :func:`_range_size`).
+    """
+    if not (n_arg.percent or call.name.endswith("Percent")):
+        return max(int(n_arg.value), 1)
+    count = max(_MODE.get().cells, n_values) if _labels() else n_values
+    return max(int(count * n_arg.value / 100), 1)
+
+
 def _eval_rank(call: Call, col: Column, args: tuple[Arg, ...]) -> Flags:
+    """Excel ``top``/``bottom``: values at or beyond the k-th best, ties included.
+
+    The benchmark labeler's ``bottom(N)`` flags the values <= the N-th *largest* instead.
+    """
     n_arg = _num_arg(call, args, 0) if args else Number(10.0)
-    percent = n_arg.percent or call.name.endswith("Percent")
-    values = _numeric(col)
-    nums = sorted((x for x in values if x is not None), reverse=call.name.startswith("Top"))
+    values = _ranked(col)
+    top = call.name.startswith("Top")
+    nums = sorted((x for x in values if x is not None), reverse=top or _labels())
     if not nums:
         return [False] * len(col)
-    k = int(len(nums) * n_arg.value / 100) if percent else int(n_arg.value)
-    k = min(max(k, 1), len(nums))
-    top = call.name.startswith("Top")
-    if not top and _LABELS_MODE.get():  # benchmark labeler: bottom N = values <= the N-th largest
-        nums.reverse()
-    cut = nums[k - 1]
+    cut = nums[min(_rank_count(call, n_arg, len(nums)), len(nums)) - 1]
     return [x is not None and (x >= cut if top else x <= cut) for x in values]
 
 
 def _eval_average(call: Call, col: Column, args: tuple[Arg, ...]) -> Flags:
-    values = _numeric(col)
-    nums = [x for x in values if x is not None]
+    """Excel above/below average: the mean of the numeric cells (text and blanks skipped)."""
+    nums = [x for x in _numeric(col) if x is not None]
     if not nums:
         return [False] * len(col)
     mean = sum(nums) / len(nums)
     above = call.name == "AboveAverage"
-    return [x is not None and (x > mean if above else x < mean) for x in values]
+    return [x is not None and (x > mean if above else x < mean) for x in _ranked(col)]
 
 
 def _dup_key(v: object) -> object:
+    """Excel's duplicate test ignores case; the benchmark labeler's does not ("february" and "February" differ)."""
     x = _to_number(v)
-    return x if x is not None else _to_text(v).lower()
+    if x is not None:
+        return x
+    return _to_text(v) if _labels() else _to_text(v).lower()
 
 
 def _eval_duplicate(call: Call, col: Column, args: tuple[Arg, ...]) -> Flags:
-    if _LABELS_MODE.get() and call.name == "Duplicate":  # benchmark labeler: first occurrence of each value
+    if _labels() and call.name == "Duplicate":  # benchmark labeler: first occurrence of each value
         seen: set[object] = set()
         out = []
         for v in col:
@@ -466,7 +543,10 @@ def _eval_duplicate(call: Call, col: Column, args: tuple[Arg, ...]) -> Flags:
 
 
 def _eval_blanks(call: Call, col: Column, args: tuple[Arg, ...]) -> Flags:
-    return [_is_blank(v) == (call.name == "Blanks") for v in col]
+    """Excel: LEN(TRIM(cell))=0. The benchmark labeler inverted ``Blanks()`` (both train items flag every
+    non-blank cell), as it inverted ``Duplicate()``; there is no evidence on ``NoBlanks()``."""
+    want_blank = call.name == "Blanks" and not _labels()
+    return [_is_blank(v) == want_blank for v in col]
 
 
 _LEAVES: dict[str, Callable[[Call, Column, tuple[Arg, ...]], Flags]] = {
@@ -490,13 +570,16 @@ def _evaluate(node: Call, rows: Sequence[Sequence[object]], default_col: int) ->
             return [not f for f in parts[0]]
         combine = all if node.name == "AND" else any
         return [combine(fs) for fs in zip(*parts, strict=True)]
-    if node.name in _VISUAL and _LABELS_MODE.get():  # benchmark labels: every cell gets a colour
+    if node.name in _VISUAL and _labels():  # benchmark labels: every cell gets a colour
         return [True] * len(rows)
     if node.name in _VISUAL:
         raise CFRuleError(f"CF rule: {node.name} is a visual rule; it flags no rows")
     leaf = _LEAVES.get(node.name)
     if leaf is None:
         raise CFRuleError(f"CF rule: unknown function {node.name!r}")
+    if _labels() and any(isinstance(a, CellRef) for a in node.args):
+        # the labeler never resolved references: all 9 train rules with one have all-zero labels
+        return [False] * len(rows)
     col_index, args = _split_args(node)
     return leaf(node, _column(rows, default_col if col_index is None else col_index), args)
 
@@ -511,18 +594,23 @@ def flag_rows(rule: str | Rule, data_rows: Sequence[Sequence[object]], semantics
     """Which rows of ``data_rows`` (header excluded) the rule flags.
 
     ``semantics="excel"`` (default) follows Excel. ``"labels"`` reproduces how the benchmark's
-    ``Labels`` were made: ``bottom(N)`` flags values <= the N-th *largest*, ``Duplicate()`` flags
-    the first occurrence of every value, visual rules flag every row.
+    ``Labels`` were made (see the module docstring for its quirks).
     """
+    node = _as_rule(rule)
+    with _evaluating(semantics, data_rows[1:]):
+        return _evaluate(node, list(data_rows[1:]), _default_column(data_rows))
+
+
+@contextmanager
+def _evaluating(semantics: str, rows: Sequence[Sequence[object]]) -> Iterator[None]:
+    """Evaluate under ``semantics`` for the data rows ``rows`` (sets :data:`_MODE`)."""
     if semantics not in SEMANTICS:
         raise CFRuleError(f"CF rule: semantics {semantics!r} is not one of {', '.join(SEMANTICS)}")
-    node = _as_rule(rule)
-    rows = list(data_rows[1:])
-    token = _LABELS_MODE.set(semantics == "labels")
+    token = _MODE.set(_Mode(labels=semantics == "labels", cells=_range_size(rows)))
     try:
-        return _evaluate(node, rows, _default_column(data_rows))
+        yield
     finally:
-        _LABELS_MODE.reset(token)
+        _MODE.reset(token)
 
 
 # ---------------------------------------------------------------- scoring
@@ -564,10 +652,20 @@ def has_row_labels(item: dict) -> bool:
     return len(data) > 1 and len(labels) == len(data)
 
 
+# Why a gold rule can miss its labels although the interpreter is right (see gold_agreement).
+PARTIAL_DATA = "partial data"  # a whole-column rule whose labels were computed over cells Data does not show
+SHIFTED = "labels shifted"  # the labels fit the rule one row up: Labels[k] belongs to data row k
+LABEL_NOISE = "label noise"  # labels contradict the Data values (stale values, other cells, other order)
+NOT_EXECUTABLE = "not executable"
+_MAX_ROWS = 100  # the benchmark file keeps at most 100 rows of a table (164 of its 712 tables stop there)
+_DIRECTION = {"Top": 1, "TopPercent": 1, "AboveAverage": 1, "Bottom": -1, "BottomPercent": -1, "BelowAverage": -1}
+
+
 def gold_agreement(items: Iterable[dict], semantics: str = "labels") -> dict:
     """Compare ``flag_rows(gold Code, Data, semantics)`` with ``Labels[1:]`` (one label per Data row).
 
-    Returns ``{"eligible", "matched", "rate", "disagreements": [{"ID", "reason"}]}``.
+    Returns ``{"eligible", "matched", "rate", "by_category": {category: count},
+    "disagreements": [{"ID", "code", "category", "reason"}]}``.
     """
     eligible = matched = 0
     disagreements: list[dict] = []
@@ -575,29 +673,59 @@ def gold_agreement(items: Iterable[dict], semantics: str = "labels") -> dict:
         if not has_row_labels(item):
             continue
         eligible += 1
-        reason = _disagreement(item, semantics)
-        if reason is None:
+        miss = _disagreement(item, semantics)
+        if miss is None:
             matched += 1
         else:
-            disagreements.append({"ID": item.get("ID"), "code": item["Code"][:80], "reason": reason})
+            disagreements.append({"ID": item.get("ID"), "code": item["Code"][:80], "category": miss[0],
+                                  "reason": miss[1]})
     rate = matched / eligible if eligible else 0.0
-    return {"eligible": eligible, "matched": matched, "rate": rate, "disagreements": disagreements}
+    by_category = dict(Counter(d["category"] for d in disagreements).most_common())
+    return {"eligible": eligible, "matched": matched, "rate": rate, "by_category": by_category,
+            "disagreements": disagreements}
 
 
-def _disagreement(item: dict, semantics: str) -> str | None:
-    """None when the gold rule reproduces the labels, else a short reason."""
-    code = item["Code"]
+def _disagreement(item: dict, semantics: str) -> tuple[str, str] | None:
+    """None when the gold rule reproduces the labels, else (category, short reason)."""
+    code, data = item["Code"], item["Data"]
     if semantics == "excel" and is_visual_only(code):
-        return "visual rule (flags no rows in Excel semantics)"
+        return NOT_EXECUTABLE, "visual rule (flags no rows in Excel semantics)"
     try:
-        got = flag_rows(code, item["Data"], semantics)
+        got = flag_rows(code, data, semantics)
     except CFRuleError as err:
-        return f"not executable: {err}"
-    want = [bool(x) for x in item["Labels"][1:]]
+        return NOT_EXECUTABLE, str(err)
+    labels = [bool(x) for x in item["Labels"]]
+    want = labels[1:]
     if got == want:
         return None
     bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
-    return f"{len(bad)} of {len(want)} rows differ (first data row {bad[0]})"
+    reason = f"{len(bad)} of {len(want)} rows differ (first data row {bad[0]})"
+    if _partial_data(data[1:]) and _fits_some_cutoff(_as_rule(code), data, want, semantics):
+        return PARTIAL_DATA, reason
+    if got[:-1] == labels[:len(got) - 1]:
+        return SHIFTED, reason
+    return LABEL_NOISE, reason
+
+
+def _partial_data(rows: Sequence[Sequence[object]]) -> bool:
+    """Data shows part of the rule's range: cut at the file's 100 rows, or cells left out (gaps in Index)."""
+    return len(rows) >= _MAX_ROWS or _range_size(rows) > len(rows)
+
+
+def _fits_some_cutoff(rule: Rule, data: Sequence[Sequence[object]], want: Flags, semantics: str) -> bool:
+    """True for a top/bottom/average rule whose labels are "value beyond some cut-off" in the rule's
+    direction: the rule itself, with the cut-off set by rows that Data does not show."""
+    sign = _DIRECTION.get(rule.name)
+    if sign is None:
+        return False
+    col_index, _ = _split_args(rule)
+    with _evaluating(semantics, data[1:]):
+        values = _ranked(_column(data[1:], _default_column(data) if col_index is None else col_index))
+    if any(w and x is None for x, w in zip(values, want, strict=True)):
+        return False
+    flagged = [sign * x for x, w in zip(values, want, strict=True) if w and x is not None]
+    others = [sign * x for x, w in zip(values, want, strict=True) if not w and x is not None]
+    return not flagged or not others or min(flagged) > max(others)
 
 
 def load_benchmark() -> dict[str, list[dict]]:
