@@ -114,6 +114,25 @@ class SFTConfig:
 
 
 @dataclass
+class CodeConfig:
+    """Natural language to code (task: codefusion | ar-code): the data of both training stages.
+
+    Stage 1 (`pretrain_steps` optimizer steps) trains on code alone: the documents of `data.sources`
+    other than type `codefusion`, each cut into pieces of at most `code_len` tokens. Stage 2 (the rest
+    of train.max_steps) trains on the (utterance, code) pairs of `benchmark`'s train split.
+    """
+
+    language: str = "Bash"  # Bash | Python | CF: which benchmark file and eval task
+    benchmark: str | None = None  # a CodeFusion benchmark JSON; None = the shared datasets' file for language
+    utterance_len: int = 64  # utterance tokens kept (longer ones are cut)
+    code_len: int = 64  # code tokens (CodeFusion's fixed output length; longer code is cut)
+    pretrain_steps: int = 0  # stage-1 steps on code only; 0 = no pretraining (an ablation)
+    cpd: bool = True  # codefusion: continuous paragraph denoising rows in stage 1 (False = unconditional only)
+    cpd_fraction: float = 0.5  # codefusion: share of stage-1 rows that are hidden-span rows
+    span_fraction: float = 0.3  # codefusion: share of a snippet's tokens hidden from the encoder
+
+
+@dataclass
 class SampleConfig:
     prompts: list[str] = field(default_factory=list)
     max_new_tokens: int = 64
@@ -139,13 +158,14 @@ class EvalConfig:
 @dataclass
 class Recipe:
     name: str = "run"
-    task: str = "pretrain"  # pretrain | sft
+    task: str = "pretrain"  # pretrain | sft | codefusion | ar-code
     stages: list[str] | None = None  # None = every stage of the task's objective
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelRecipe = field(default_factory=ModelRecipe)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -169,7 +189,10 @@ def valid_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             keys.extend(valid_keys(tp, key + "."))
     if cls is ModelRecipe:
-        keys.extend(f"{prefix}{f.name}" for f in dataclasses.fields(ModelConfig))
+        from slmkit.models.codefusion_config import CodeFusionConfig
+
+        names = dict.fromkeys(f.name for c in (ModelConfig, CodeFusionConfig) for f in dataclasses.fields(c))
+        keys.extend(f"{prefix}{name}" for name in names)
     return keys
 
 
@@ -266,8 +289,10 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     if cls is ModelRecipe:
-        model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-        model_hints = typing.get_type_hints(ModelConfig)
+        preset = _coerce(data.get("preset", ModelRecipe.preset), str, prefix + "preset")
+        config_cls = model_config_class(preset)
+        model_fields = {f.name: f for f in dataclasses.fields(config_cls)}
+        model_hints = typing.get_type_hints(config_cls)
         overrides = dict(data.get("overrides") or {})
         for key, value in data.items():
             if key in ("preset", "overrides"):
@@ -277,13 +302,19 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             if key not in model_fields:
                 raise _unknown_key_error(prefix + key, [prefix + k for k in [*model_fields, "preset"]])
             overrides[key] = _coerce(value, model_hints[key], prefix + key)
-        preset = _coerce(data.get("preset", ModelRecipe.preset), str, prefix + "preset")
         return ModelRecipe(preset=preset, overrides=overrides)
     for key, value in data.items():
         if not isinstance(key, str) or key not in names:
             raise _unknown_key_error(prefix + str(key), [prefix + n for n in names])
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
+
+
+def model_config_class(preset: str) -> type:
+    """The config dataclass a `model.preset` describes: CodeFusionConfig or the decoder's ModelConfig."""
+    from slmkit.models.codefusion_config import CodeFusionConfig, is_codefusion_preset
+
+    return CodeFusionConfig if is_codefusion_preset(preset) else ModelConfig
 
 
 def model_overrides(changes: dict[str, Any]) -> dict[str, Any]:
@@ -419,15 +450,20 @@ def _check_data(recipe: Recipe) -> None:
     _at_least(tok, "tokenizer", 1, "max_train_bytes")
 
 
-def _check_model(recipe: Recipe) -> None:
+def check_context(max_seq_len: int, rows: int, what: str = "recipe key 'data.seq_len'") -> None:
+    """Training rows of `rows` tokens fit the decoder's context."""
+    if max_seq_len < rows:
+        raise SlmError(f"{what} ({rows}) exceeds the model context model.max_seq_len ({max_seq_len}); "
+                       "lower one or raise the other")
+
+
+def check_decoder_model(recipe: Recipe, rows: int | None = None, what: str = "recipe key 'data.seq_len'") -> None:
+    """The decoder preset, its overrides, and training rows (default data.seq_len) within its context."""
     from slmkit.models.presets import resolve_model_config
 
     cfg = resolve_model_config(recipe.model)  # preset name, field names and values
-    if not recipe.train.init_from and cfg.max_seq_len < recipe.data.seq_len:
-        raise SlmError(
-            f"recipe key 'data.seq_len' ({recipe.data.seq_len}) exceeds the model context "
-            f"model.max_seq_len ({cfg.max_seq_len}); lower one or raise the other"
-        )
+    if not recipe.train.init_from:
+        check_context(cfg.max_seq_len, recipe.data.seq_len if rows is None else rows, what)
 
 
 def _check_train(recipe: Recipe) -> None:
@@ -501,7 +537,7 @@ def validate(recipe: Recipe) -> Recipe:
         recipe.stages = list(objective.stages)
     check_stages(recipe)
     _check_data(recipe)
-    _check_model(recipe)
+    objective.check_model(recipe)
     _check_train(recipe)
     _check_eval_and_sample(recipe)
     objective.check(recipe)

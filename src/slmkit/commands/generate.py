@@ -32,6 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="weights dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with all completions instead")
+    code = parser.add_argument_group(
+        "natural language to code (CodeFusion checkpoints, or decoders fine-tuned by task: ar-code)",
+        "With --num-candidates (or a CodeFusion checkpoint) each --prompt is an utterance; the distinct "
+        "candidates are printed best first with the model's own score. A decoder gets the utterance in its "
+        "ar-code fine-tuning format.")
+    code.add_argument("--num-candidates", "-n", type=int, default=None,
+                      help="candidates per prompt (k draws, de-duplicated; default 1)")
+    code.add_argument("--candidate-method", choices=["sample", "beam"], default="sample",
+                      help="decoders: k samples ranked by log-probability, or beam search (default sample)")
+    code.add_argument("--steps", type=int, default=None,
+                      help="CodeFusion: sampling steps, strided over the model's T (default T)")
+    code.add_argument("--clamp", action="store_true",
+                      help="CodeFusion: snap the predicted x0 to the nearest embedding at every step")
+    code.add_argument("--intermediate-every", type=int, default=None, metavar="K",
+                      help="CodeFusion: also print the top candidate's decode every K sampling steps")
     parser.set_defaults(handler=run)
 
 
@@ -71,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = check_options(args)
     folder = resolve_checkpoint(args.ckpt)
+    from slmkit.commands.candidates import run_candidates, wants_candidates
+
+    if wants_candidates(args, folder):
+        return run_candidates(args, folder, device)
     tok_file = folder / TOKENIZER_FILE
     if not tok_file.is_file():
         raise SlmError(f"{folder}: no {TOKENIZER_FILE}; save the checkpoint with its tokenizer")

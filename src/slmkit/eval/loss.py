@@ -11,11 +11,13 @@ import torch
 @torch.no_grad()
 def evaluate(model, batches: Iterable[dict], device: torch.device | str | None = None,
              loss_fn: Callable[[dict], torch.Tensor] | None = None,
-             autocast: Callable[[], object] | None = None) -> dict[str, float]:
+             autocast: Callable[[], object] | None = None,
+             count_fn: Callable[[dict], int] | None = None) -> dict[str, float]:
     """Token-weighted mean loss over `batches`: {"loss": nats/token, "tokens": n, "batches": k}.
 
     `model.loss(batch)` (or `loss_fn`) must return the mean over labels != -100; each batch is
-    weighted by its count of such labels. The model is put in eval mode and restored afterwards.
+    weighted by its count of such labels (or by `count_fn(batch)`, the objective's target count).
+    The model is put in eval mode and restored afterwards.
     """
     loss_fn = loss_fn or model.loss
     was_training = model.training
@@ -25,7 +27,7 @@ def evaluate(model, batches: Iterable[dict], device: torch.device | str | None =
         for batch in batches:
             if device is not None:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            count = int((batch["labels"] != -100).sum())
+            count = count_fn(batch) if count_fn is not None else int((batch["labels"] != -100).sum())
             if count == 0:
                 continue
             if autocast is not None:

@@ -34,111 +34,21 @@ Design choices (a trainer / sampler integration should know them):
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slmkit.errors import SlmError, check_choice
-from slmkit.models.config import MLPS, NORMS, ModelConfig
+from slmkit.errors import SlmError
+from slmkit.models.codefusion_config import (  # noqa: F401  (re-exported)
+    CODEFUSION_PRESETS,
+    CodeFusionConfig,
+    get_codefusion_preset,
+)
+from slmkit.models.config import ModelConfig
 from slmkit.models.layers import Block, make_norm, rope_tables
-
-
-@dataclass
-class CodeFusionConfig:
-    """Shape, diffusion schedule and special ids of a CodeFusion model."""
-
-    vocab_size: int = 32100  # CodeT5's vocabulary
-    d_model: int = 512
-    encoder_layers: int = 6
-    denoiser_layers: int = 10
-    decoder_layers: int = 6
-    n_heads: int = 8
-    ffn_hidden: int = 2048
-    max_utterance_len: int = 128
-    code_len: int = 128  # fixed generated length (paper: 128)
-    diffusion_steps: int = 1200  # T (paper: 1200)
-    schedule_offset: float = 1e-4  # s in alpha_bar(t) = 1 - sqrt(t/T + s)
-    dropout: float = 0.0
-    pad_id: int = 0
-    mask_id: int = 1  # the token that hides a span for hidden-span pretraining batches
-    norm: str = "rmsnorm"  # T5-style
-    mlp: str = "gelu"  # non-gated d -> ffn_hidden -> d (T5-small's FFN shape)
-    norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    bias: bool = False
-    init_std: float = 0.02
-    embed_init_std: float = 1.0  # L on the noise's scale
-    loss_on_padding: bool = True  # count pad positions of the code in the loss (learn the length)
-
-    def validate(self) -> CodeFusionConfig:
-        """Check the fields; SlmError naming the `codefusion.<field>` at fault."""
-        check_choice(self.norm, NORMS, "codefusion key 'codefusion.norm'")
-        check_choice(self.mlp, MLPS, "codefusion key 'codefusion.mlp'")
-        for key in ("vocab_size", "d_model", "encoder_layers", "denoiser_layers", "decoder_layers", "n_heads",
-                    "ffn_hidden", "max_utterance_len", "code_len", "diffusion_steps"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SlmError(f"codefusion key 'codefusion.{key}' must be an integer >= 1, got {value!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise SlmError(
-                f"codefusion key 'codefusion.n_heads' ({self.n_heads}) must divide codefusion.d_model "
-                f"({self.d_model}) into an even head width"
-            )
-        if not 0.0 < self.schedule_offset < 1.0:
-            raise SlmError(f"codefusion key 'codefusion.schedule_offset' must be in (0, 1), got {self.schedule_offset}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SlmError(f"codefusion key 'codefusion.dropout' must be in [0, 1), got {self.dropout}")
-        for key in ("pad_id", "mask_id"):
-            if not 0 <= getattr(self, key) < self.vocab_size:
-                raise SlmError(
-                    f"codefusion key 'codefusion.{key}' must be in [0, vocab_size={self.vocab_size}), got {getattr(self, key)}"
-                )
-        for key in ("norm_eps", "rope_theta", "init_std", "embed_init_std"):
-            if getattr(self, key) <= 0:
-                raise SlmError(f"codefusion key 'codefusion.{key}' must be > 0, got {getattr(self, key)}")
-        return self
-
-    def replace(self, **changes: Any) -> CodeFusionConfig:
-        """A validated copy with some fields changed (unknown names raise SlmError)."""
-        names = [f.name for f in dataclasses.fields(self)]
-        for key in changes:
-            if key not in names:
-                raise SlmError(f"unknown codefusion key {key!r}")
-        return dataclasses.replace(self, **changes).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def block_config(self) -> ModelConfig:
-        """The ModelConfig that the shared layers (Attention, MLP, norms, Block) are built from."""
-        return ModelConfig(
-            family="llama", vocab_size=self.vocab_size, d_model=self.d_model, n_layers=1, n_heads=self.n_heads,
-            d_ff=self.ffn_hidden, max_seq_len=max(self.max_utterance_len, self.code_len), norm=self.norm,
-            norm_eps=self.norm_eps, mlp=self.mlp, parallel_block=False, rope_theta=self.rope_theta,
-            bias=self.bias, init_std=self.init_std, dropout=self.dropout,
-        ).validate()
-
-
-CODEFUSION_PRESETS: dict[str, CodeFusionConfig] = {
-    # Trains on a CPU in minutes.
-    "codefusion-tiny": CodeFusionConfig(
-        vocab_size=8192, d_model=128, encoder_layers=2, denoiser_layers=2, decoder_layers=2, n_heads=4,
-        ffn_hidden=512, max_utterance_len=128, code_len=64, diffusion_steps=200,
-    ),
-    # Paper shape: CodeT5-small encoder (6 x d512, 8 heads, ffn 2048), denoiser 10, decoder 6, vocab 32100.
-    "codefusion-75m": CodeFusionConfig(),
-}
-
-
-def get_codefusion_preset(name: str) -> CodeFusionConfig:
-    if name not in CODEFUSION_PRESETS:
-        raise SlmError(f"unknown codefusion preset {name!r}; presets: {', '.join(CODEFUSION_PRESETS)}")
-    return dataclasses.replace(CODEFUSION_PRESETS[name]).validate()
 
 
 # ---------------------------------------------------------------------------- layers
@@ -252,8 +162,21 @@ class CodeFusion(nn.Module):
             for block in stack:
                 for proj in block.output_projections():
                     nn.init.normal_(proj.weight, 0.0, cfg.init_std / math.sqrt(2 * len(stack)))
-        cos, sin = rope_tables(cfg.block_config(), device=self.rope_cos.device)
-        self.rope_cos, self.rope_sin = cos.to(self.rope_cos.dtype), sin.to(self.rope_sin.dtype)
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """Recompute the (non-persistent) rotary tables, e.g. after loading onto an empty model."""
+        cos, sin = rope_tables(self.config.block_config(), device=self.rope_cos.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """Every transformer block (FSDP shards each one)."""
+        return [*self.encoder, *self.denoiser, *self.decoder]
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            raise SlmError("train.activation_checkpointing is not supported for CodeFusion models; set it to false")
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; non_embedding drops the shared table L."""
@@ -464,6 +387,49 @@ class CodeFusion(nn.Module):
         logp = self.lm_head(self.decode_hidden(x0_hat, memory, memory_mask)).float().log_softmax(-1)
         best, tokens = logp.max(-1)
         return tokens, best.mean(-1)
+
+
+def codefusion_forward_flops(cfg: CodeFusionConfig, utterance_len: int, training: bool = False) -> float:
+    """Matmul FLOPs of one training-loss forward pass on one example (x3 with `training`): encoder over
+    `utterance_len` tokens, denoiser and decoder over code_len tokens (self + cross attention, MLP),
+    the denoiser's output projection and the LM head. Counted as 2 FLOPs per multiply-add, like
+    torch.utils.flop_counter (which the tests compare it with)."""
+    d, f, S, L, V = cfg.d_model, cfg.ffn_hidden, utterance_len, cfg.code_len, cfg.vocab_size
+    mlp = 2 * (2 if cfg.mlp == "gelu" else 3) * d * f  # per token
+    self_attn = lambda n: 2 * 4 * d * d + 2 * 2 * n * d  # noqa: E731  (per token: projections + scores)
+    encoder = cfg.encoder_layers * S * (self_attn(S) + mlp)
+    cross = L * (2 * 2 * d * d + 2 * 2 * S * d) + S * 2 * 2 * d * d  # q/o per code token, scores, k/v of memory
+    block = L * (self_attn(L) + mlp) + cross
+    forward = encoder + (cfg.denoiser_layers + cfg.decoder_layers) * block + L * (2 * d * d + 2 * d * V)
+    forward += 2 * (d * 4 * d + 4 * d * d)  # timestep MLP
+    return float(3 * forward if training else forward)
+
+
+PAPER_PARAMS = 75_000_000  # what the CodeFusion paper reports for its model
+
+
+def codefusion_summary(cfg: CodeFusionConfig, utterance_len: int | None = None) -> dict[str, Any]:
+    """Exact parameter counts (meta device), per part, and FLOPs per example: `slm model info`."""
+    with torch.device("meta"):
+        model = CodeFusion(cfg)
+    count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())  # noqa: E731
+    utterance_len = utterance_len or cfg.max_utterance_len
+    return {
+        "kind": "codefusion",
+        "params": model.num_params(),
+        "paper_params": PAPER_PARAMS,
+        "params_by_part": {
+            "embedding L": count(model.embed),
+            "encoder": count(model.encoder, model.encoder_norm),
+            "denoiser": count(model.denoiser, model.denoiser_norm, model.denoiser_out, model.time_mlp, model.code_pos),
+            "decoder": count(model.decoder, model.decoder_norm),
+            "lm head": count(model.lm_head),
+        },
+        "utterance_len": utterance_len,
+        "flops_per_example_forward": codefusion_forward_flops(cfg, utterance_len),
+        "flops_per_example_training": codefusion_forward_flops(cfg, utterance_len, training=True),
+        "config": cfg.to_dict(),
+    }
 
 
 def build_codefusion(

@@ -1,4 +1,4 @@
-"""The objective registry: `task: NAME` in a recipe picks one. CodeFusion and masked diffusion join here.
+"""The objective registry: `task: NAME` in a recipe picks one. Masked diffusion joins here.
 
 This is the only place that maps a task name to behaviour; everything else asks the objective.
 """
@@ -6,11 +6,15 @@ This is the only place that maps a task name to behaviour; everything else asks 
 from __future__ import annotations
 
 from slmkit.errors import SlmError, did_you_mean
+from slmkit.objectives.ar_code import ArCodeObjective
 from slmkit.objectives.base import Objective
+from slmkit.objectives.codefusion import CodeFusionObjective
 from slmkit.objectives.pretrain import PretrainObjective
 from slmkit.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (PretrainObjective, SFTObjective)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (PretrainObjective, SFTObjective, CodeFusionObjective, ArCodeObjective)
+}
 
 
 def get_objective(task: str) -> Objective:

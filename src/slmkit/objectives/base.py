@@ -33,6 +33,12 @@ class Objective:
     def check(self, recipe: Recipe) -> None:
         """Load-time checks of the recipe keys this objective reads (no file access)."""
 
+    def check_model(self, recipe: Recipe) -> None:
+        """Load-time check of the `model` section (decoder objectives: a decoder preset)."""
+        from slmkit.config import check_decoder_model
+
+        check_decoder_model(recipe, *self.row_tokens(recipe))
+
     def preflight(self, recipe: Recipe, run: RunDir, stages: list[str]) -> None:
         """Before any stage runs: the inputs the chosen stages will need exist."""
         if "sample" in stages:
@@ -57,10 +63,12 @@ class Objective:
 
     # ------------------------------------------------------------------ training
 
-    def build_model(self, recipe: Recipe, vocab_size: int) -> torch.nn.Module:
+    def build_model(self, recipe: Recipe, tokenizer: Any) -> torch.nn.Module:
         """A fresh model for the recipe, or the `train.init_from` checkpoint's weights."""
+        from slmkit.config import check_context
         from slmkit.models import build_model, resolve_model_config
 
+        vocab_size = tokenizer.get_vocab_size()
         if recipe.train.init_from:
             from slmkit.interop.hf import load_hf_folder
             from slmkit.pipeline.rundir import resolve_checkpoint
@@ -72,7 +80,36 @@ class Objective:
                     f"than the run's tokenizer ({vocab_size}); use the checkpoint's tokenizer"
                 )
             return model
-        return build_model(resolve_model_config(recipe.model, vocab_size=vocab_size))
+        model = build_model(resolve_model_config(recipe.model, vocab_size=vocab_size))
+        check_context(model.config.max_seq_len, *self.row_tokens(recipe))
+        return model
+
+    def row_tokens(self, recipe: Recipe) -> tuple[int, str]:
+        """(longest training row in tokens, the recipe key(s) that set it) for a decoder."""
+        return recipe.data.seq_len, "recipe key 'data.seq_len'"
+
+    def batch_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Token positions one batch feeds the model (the trainer's tokens and tok/s)."""
+        return batch["input_ids"].numel()
+
+    def batch_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """Positions the loss averages over (the weight of a batch in the validation loss)."""
+        return int((batch["labels"] != -100).sum())
+
+    def flops_per_token(self, model: torch.nn.Module, recipe: Recipe) -> float:
+        """Training FLOPs (forward + backward) per token of `batch_tokens` (MFU and the FLOPs counter)."""
+        from slmkit.models.accounting import flops_per_token
+
+        return flops_per_token(model.config, recipe.data.seq_len, training=True)
+
+    def language_model(self, model: torch.nn.Module, tokenizer: Any, batch_size: int, autocast: Any) -> Any:
+        """The eval package's LanguageModel over the model being trained (train.eval_tasks)."""
+        from slmkit.eval.decoder_lm import DecoderLM
+        from slmkit.tokenizer import eos_id
+
+        eos = eos_id(tokenizer)
+        return DecoderLM(model, tokenizer, name="training", batch_size=batch_size, prefix_id=eos, eos_ids=[eos],
+                         autocast=autocast)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss over the batch's target tokens (labels != -100)."""

@@ -48,10 +48,10 @@ def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
 
 def load_model_from_checkpoint(path: str | Path, device: torch.device | str | None = None,
                                dtype: torch.dtype | None = None) -> nn.Module:
-    """The Decoder stored in a checkpoint (step folder, ckpt/latest or run folder), in eval mode."""
-    from slmkit.interop.hf import load_hf_folder
+    """The model stored in a checkpoint (step folder, ckpt/latest or run folder), in eval mode."""
+    from slmkit.interop.folder import load_model_folder
 
-    return load_hf_folder(resolve_checkpoint(path), device=device, dtype=dtype)
+    return load_model_folder(resolve_checkpoint(path), device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- layout
@@ -99,7 +99,7 @@ def save_checkpoint(run: str | Path | RunDir, step: int, *, model: nn.Module, op
     The model part is an HF folder (rank 0, from the full state dict); the optimizer goes to
     optimizer.pt, or with FSDP model + optimizer shards go to dcp/ via torch.distributed.checkpoint.
     """
-    from slmkit.interop.hf import save_hf_folder
+    from slmkit.interop.folder import save_model_folder
 
     run = RunDir.of(run)
     final = run.step_dir(step)
@@ -110,7 +110,8 @@ def save_checkpoint(run: str | Path | RunDir, step: int, *, model: nn.Module, op
     barrier(env)
     full_state = full_model_state_dict(model, parallel)  # collective under FSDP
     if env.is_main:
-        save_hf_folder(model, tmp, tokenizer_file=tokenizer_file, chat_template=chat_template, state_dict=full_state)
+        save_model_folder(model, tmp, tokenizer_file=tokenizer_file, chat_template=chat_template,
+                          state_dict=full_state)
     del full_state
     if parallel == "fsdp":
         import torch.distributed.checkpoint as dcp
@@ -139,12 +140,12 @@ def load_checkpoint(ckpt: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR))
         load_sharded_state(model, optimizer, state)
         return
-    from slmkit.interop.hf import load_hf_folder
+    from slmkit.interop.folder import load_model_folder
 
     optim_file = ckpt / OPTIM_FILE
     if not optim_file.is_file():
         raise SlmError(f"{ckpt}: no {OPTIM_FILE}; it was written with train.parallel=fsdp (resume with fsdp)")
-    loaded = load_hf_folder(ckpt, device=env.device)
+    loaded = load_model_folder(ckpt, device=env.device)
     with torch.no_grad():
         model.load_state_dict(loaded.state_dict())
     del loaded

@@ -69,6 +69,7 @@ def summary_from_state(state: dict[str, Any], ckpt: Path | None, stopped: str) -
         "val_bpb": last.get("val_bpb"),
         "checkpoint": str(ckpt) if ckpt else None,
         "tokens": state.get("tokens", 0),
+        "train_flops": state.get("train_flops"),
         "wall_time_s": round(state.get("train_time_s", 0.0), 2),
         "skipped_steps": state.get("bad_steps", {}).get("total", 0),
         "stopped": stopped,
@@ -134,12 +135,7 @@ class _Trainer:
     def _build_model(self, tokenizer) -> None:
         tc, env = self.tc, self.env
         seed_everything(tc.seed)
-        model = self.objective.build_model(self.recipe, tokenizer.get_vocab_size())
-        if model.config.max_seq_len < self.recipe.data.seq_len:
-            raise SlmError(
-                f"recipe key 'data.seq_len' ({self.recipe.data.seq_len}) exceeds the model context "
-                f"model.max_seq_len ({model.config.max_seq_len}); lower one or raise the other"
-            )
+        model = self.objective.build_model(self.recipe, tokenizer)
         model.to(env.device).train()
         if tc.activation_checkpointing:
             model.set_activation_checkpointing(True)
@@ -165,9 +161,7 @@ class _Trainer:
         self.chat_template = self.objective.chat_template(recipe)
         if ckpt is not None:
             self._restore(ckpt)
-        from slmkit.models.accounting import flops_per_token
-
-        self.flops_per_token = flops_per_token(self.cfg, recipe.data.seq_len, training=True)
+        self.flops_per_token = self.objective.flops_per_token(self.model, recipe)
         self.peak = peak_flops(env.device, self.precision) if env.is_main else None
 
     def _restore(self, ckpt: Path) -> None:
@@ -201,7 +195,7 @@ class _Trainer:
         factor = self.faults.loss_factor(step)
         for micro in range(tc.grad_accum):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in self.loader.next_batch().items()}
-            tokens += batch["input_ids"].numel()
+            tokens += self.objective.batch_tokens(batch)
             with grad_sync(self.step_module, self.model, tc.parallel, sync=micro == tc.grad_accum - 1):
                 with self.autocast():
                     loss = self.step_module(batch)
@@ -253,7 +247,8 @@ class _Trainer:
                                               tc.batch_size * self.env.world_size, tc.eval_batches)
         try:
             result = evaluate(self.model, batches, device=self.env.device, autocast=self.autocast,
-                              loss_fn=lambda batch: self.objective.loss(self.model, batch))
+                              loss_fn=lambda batch: self.objective.loss(self.model, batch),
+                              count_fn=self.objective.batch_targets)
         except SlmError as exc:  # e.g. no validation split (data.val_fraction=0): train on without it
             self.log.message(f"validation skipped: {exc}")
             self.eval_enabled = False
@@ -267,17 +262,13 @@ class _Trainer:
 
         Every rank scores the same requests in the same order (FSDP needs each rank in each forward)."""
         from slmkit.data.paths import datasets_dir
-        from slmkit.eval.decoder_lm import DecoderLM
         from slmkit.eval.harness import EvalOptions, evaluate as evaluate_tasks
         from slmkit.eval.tasks import get_tasks
-        from slmkit.tokenizer import eos_id
 
         tc = self.tc
         model = getattr(self.model, "module", self.model)
         was_training = model.training
-        eos = eos_id(self.tokenizer)
-        lm = DecoderLM(model, self.tokenizer, name="training", batch_size=tc.batch_size, prefix_id=eos,
-                       eos_ids=[eos], autocast=self.autocast)
+        lm = self.objective.language_model(model, self.tokenizer, tc.batch_size, self.autocast)
         try:
             results, _ = evaluate_tasks(lm, get_tasks(tc.eval_tasks, limit=tc.eval_tasks_limit),
                                         EvalOptions(datasets_dir(), limit=tc.eval_tasks_limit, progress=False))
@@ -296,6 +287,8 @@ class _Trainer:
             "world_size": self.env.world_size,
             "parallel": self.tc.parallel,
             "tokens": p.tokens,
+            "flops_per_token": self.flops_per_token,
+            "train_flops": p.tokens * self.flops_per_token,  # model FLOPs of training so far (forward + backward)
             "train_time_s": p.train_time_s,
             "bad_steps": self.bad.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -1,0 +1,99 @@
+"""`slm generate --num-candidates`: ranked natural-language-to-code candidates (CodeFusion or a decoder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slmkit.errors import SlmError
+
+DIFFUSION_OPTIONS = (("--steps", "steps"), ("--clamp", "clamp"), ("--intermediate-every", "intermediate_every"))
+
+
+def wants_candidates(args: argparse.Namespace, folder: Path) -> bool:
+    """Candidate mode: a CodeFusion folder, or --num-candidates given; checks the options either way."""
+    from slmkit.interop.folder import check_model_folder
+
+    kind = check_model_folder(folder)
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise SlmError(f"--num-candidates must be >= 1, got {args.num_candidates}")
+    for value, name in ((args.steps, "--steps"), (args.intermediate_every, "--intermediate-every")):
+        if value is not None and value < 1:
+            raise SlmError(f"{name} must be >= 1, got {value}")
+    if kind == "decoder":
+        for flag, attr in DIFFUSION_OPTIONS:
+            if getattr(args, attr) not in (None, False):
+                raise SlmError(f"{flag} is a CodeFusion option; {folder} is a decoder checkpoint")
+        return args.num_candidates is not None
+    if args.candidate_method == "beam":
+        raise SlmError(f"--candidate-method beam is for decoders; {folder} is a CodeFusion checkpoint (its "
+                       "candidates come from independent noise draws)")
+    return True
+
+
+def _load(folder: Path, device: str, args: argparse.Namespace) -> Any:
+    from slmkit.interop.folder import is_codefusion_folder
+
+    if is_codefusion_folder(folder):
+        from slmkit.eval.codefusion_lm import load_codefusion_lm
+
+        return load_codefusion_lm(folder, device=device, steps=args.steps, clamp=args.clamp, truncate=False)
+    from slmkit.eval.decoder_lm import load_decoder_lm
+
+    return load_decoder_lm(folder, device=device)
+
+
+def _requests(args: argparse.Namespace, lm: Any) -> list:
+    from slmkit.eval.lm import CandidateRequest
+    from slmkit.objectives.ar_code import ar_prompt
+
+    k = args.num_candidates or 1
+    out = []
+    for text in args.prompt:
+        utterance = text.replace("\\n", "\n").strip()
+        if not utterance:
+            raise SlmError("--prompt is empty; give an utterance such as \"find all .txt files\"")
+        out.append(CandidateRequest(prompt=ar_prompt(utterance), source=utterance, k=k, method=args.candidate_method,
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_p=args.top_p, seed=args.seed, steps=args.steps, clamp=args.clamp,
+                                    intermediate_every=args.intermediate_every))
+    return out
+
+
+def _top_trajectory(result: Any) -> list[tuple[int, int, str]]:
+    """(step, t, text) of the draw that became the top candidate, at each recorded step."""
+    if not result.intermediate:
+        return []
+    final = result.intermediate[-1]["texts"]
+    draw = final.index(result.texts[0]) if result.texts and result.texts[0] in final else 0
+    return [(s["step"], s["t"], s["texts"][draw]) for s in result.intermediate]
+
+
+def run_candidates(args: argparse.Namespace, folder: Path, device: str) -> int:
+    """Print (or --json) the ranked candidates of every --prompt."""
+    t0 = time.perf_counter()
+    lm = _load(folder, device, args)
+    requests = _requests(args, lm)
+    print(f"loaded {folder} ({lm.describe().get('params') or lm.model.num_params():,} params, {device}) "
+          f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    t0 = time.perf_counter()
+    results = lm.candidates(requests)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps([{"prompt": r.source, "candidates": [{"text": t, "score": s, "count": c} for t, s, c in
+                                                               zip(res.texts, res.scores, res.counts)],
+                           "intermediate": [{"step": st, "t": t, "text": x} for st, t, x in _top_trajectory(res)]}
+                          for r, res in zip(requests, results)]))
+    else:
+        for r, res in zip(requests, results):
+            print(f"--- {r.source}")
+            for rank, (text, score, count) in enumerate(zip(res.texts, res.scores, res.counts), 1):
+                print(f"{rank}. [{score:.3f}{f' x{count}' if count > 1 else ''}] {text}")
+            for step, t, text in _top_trajectory(res):
+                print(f"   step {step} (t={t}): {text}")
+    print(f"{len(requests)} prompt(s), {sum(r.k for r in requests)} draws in {seconds:.2f}s", file=sys.stderr)
+    return 0

@@ -1,0 +1,152 @@
+"""Model folders of every kind: an HF decoder folder or a CodeFusion folder, told apart by config.json.
+
+A CodeFusion folder has no Hugging Face architecture to load into, so it is slmkit's own:
+config.json {"model_type": "slmkit-codefusion", "slmkit": {"codefusion_config": {...}}, token ids},
+model.safetensors with the module's own parameter names, and the tokenizer files beside. Decoders
+keep the HF layout of `slmkit.interop.hf`. Everything that loads "a model folder" (checkpoints,
+`slm generate`, `slm eval`, `slm model info`) goes through `load_model_folder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slmkit.errors import SlmError
+from slmkit.fileio import atomic_write_json, new_file_mode, temp_file
+
+CODEFUSION_MODEL_TYPE = "slmkit-codefusion"
+
+
+def read_config_json(folder: str | Path) -> dict[str, Any]:
+    """config.json of a model folder as a mapping; SlmError when missing or malformed."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise SlmError(f"{folder}: not a model folder (no config.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SlmError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise SlmError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+    if not isinstance(data, dict):
+        raise SlmError(f"{path}: expected a JSON object")
+    return data
+
+
+def is_codefusion_folder(folder: str | Path) -> bool:
+    """Whether the folder holds a CodeFusion model (else a decoder)."""
+    return read_config_json(folder).get("model_type") == CODEFUSION_MODEL_TYPE
+
+
+def is_codefusion(model: nn.Module) -> bool:
+    from slmkit.models.codefusion import CodeFusion
+
+    return isinstance(model, CodeFusion)
+
+
+def read_codefusion_config(folder: str | Path) -> Any:
+    """The CodeFusionConfig of a CodeFusion folder."""
+    from slmkit.models.codefusion_config import CodeFusionConfig
+
+    data = read_config_json(folder)
+    raw = (data.get("slmkit") or {}).get("codefusion_config")
+    if not isinstance(raw, dict):
+        raise SlmError(f"{folder}/config.json: no slmkit.codefusion_config mapping")
+    try:
+        return CodeFusionConfig(**raw).validate()
+    except TypeError as exc:
+        raise SlmError(f"{folder}/config.json: not a usable CodeFusion config ({exc})") from None
+
+
+def save_codefusion_folder(model: nn.Module, folder: str | Path, tokenizer_file: Path | None = None,
+                           state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a CodeFusion model (weights, config, tokenizer) into `folder`, each file atomically."""
+    from safetensors.torch import save_file
+
+    from slmkit.interop.hf import _write_tokenizer
+    from slmkit.tokenizer import load_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
+    fd, tmp = temp_file(folder, "model.safetensors")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, folder / "model.safetensors")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    atomic_write_json(folder / "config.json", {
+        "model_type": CODEFUSION_MODEL_TYPE, "architectures": ["CodeFusion"], "vocab_size": cfg.vocab_size,
+        "pad_token_id": cfg.pad_id, "mask_token_id": cfg.mask_id, "dtype": dtype,
+        "slmkit": {"codefusion_config": cfg.to_dict()},
+    })
+    if tokenizer_file is not None:
+        _write_tokenizer(folder, load_tokenizer(tokenizer_file), Path(tokenizer_file), cfg.max_utterance_len, None)
+    return folder
+
+
+def load_codefusion_folder(folder: str | Path, device: torch.device | str | None = None,
+                           dtype: torch.dtype | None = None) -> nn.Module:
+    """The CodeFusion model of a folder, in eval mode (fp32 unless `dtype`)."""
+    from slmkit.interop.hf import _read_weights
+    from slmkit.models.codefusion import CodeFusion
+
+    folder = Path(folder)
+    cfg = read_codefusion_config(folder)
+    state = _read_weights(folder)
+    with torch.device("meta"):
+        model = CodeFusion(cfg)
+    model.to_empty(device=device or "cpu")
+    model.to(dtype=dtype or torch.float32)
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise SlmError(f"{folder}: weights do not fit config.json ({' '.join(str(exc).split())})") from None
+    missing = {n for n, _ in model.named_parameters()} - set(state)
+    if missing:
+        raise SlmError(f"{folder}: model.safetensors lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
+    model.reset_rope()
+    return model.eval()
+
+
+def save_model_folder(model: nn.Module, folder: str | Path, tokenizer_file: Path | None = None,
+                      chat_template: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write any of our models as a model folder (HF layout for decoders)."""
+    if is_codefusion(model):
+        return save_codefusion_folder(model, folder, tokenizer_file, state_dict)
+    from slmkit.interop.hf import save_hf_folder
+
+    return save_hf_folder(model, folder, tokenizer_file=tokenizer_file, chat_template=chat_template,
+                          state_dict=state_dict)
+
+
+def load_model_folder(folder: str | Path, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> nn.Module:
+    """The model of any model folder, in eval mode."""
+    if is_codefusion_folder(folder):
+        return load_codefusion_folder(folder, device, dtype)
+    from slmkit.interop.hf import load_hf_folder
+
+    return load_hf_folder(folder, device=device, dtype=dtype)
+
+
+def check_model_folder(folder: str | Path) -> str:
+    """'codefusion' or 'decoder' after checking config.json (SlmError when it is not usable)."""
+    if is_codefusion_folder(folder):
+        read_codefusion_config(folder)
+        return "codefusion"
+    from slmkit.interop.hf import read_hf_config
+
+    read_hf_config(folder)
+    return "decoder"
