@@ -6,11 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slmkit.eval.tasks import CandidateSettings, GenerationSettings
 
 BACKENDS = ("native", "lm-eval")
+CODEFUSION_PREFIX = "codefusion-"  # the natural language to code tasks (candidates)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from slmkit.eval.lm import CANDIDATE_METHODS
     from slmkit.eval.tasks.generation import PROMPT_FORMATS
 
     parser = subparsers.add_parser(
@@ -21,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tasks, TARGET must be a run folder or one of its checkpoints: run the recipe's eval stage (eval.tasks, "
         "default ppl:val = validation loss and bits per byte beside a unigram baseline) into RUN/eval/. "
         "Tasks: arc_easy, arc_challenge, piqa, winogrande, boolq, openbookqa, siqa, hellaswag (--hellaswag FILE), "
-        "mmlu (or mmlu_<subject>), gsm8k, humaneval, mbpp, ppl:<source type> (e.g. ppl:python-docs), ppl:val.",
+        "mmlu (or mmlu_<subject>), gsm8k, humaneval, mbpp, ppl:<source type> (e.g. ppl:python-docs), ppl:val, "
+        "codefusion-bash, codefusion-python, codefusion-cf (natural language to code, top-1/3/5 over ranked "
+        "candidates; TARGET may be a CodeFusion folder).",
     )
     parser.add_argument("target", metavar="TARGET", help="checkpoint / HF model folder, or a run folder")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -40,9 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "or $SLMKIT_DATASETS)")
     parser.add_argument("--hellaswag", metavar="FILE", help="upstream hellaswag_val.jsonl (not shipped)")
     parser.add_argument("--samples", type=int, default=1, metavar="N", help="code tasks: programs per problem (pass@k)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="generation tasks: 0 = greedy (default)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="generation tasks: 0 = greedy (default); codefusion-* tasks: decoder sampling "
+                        "(default 0.8)")
     parser.add_argument("--top-p", type=float, default=None, help="generation tasks: nucleus sampling")
-    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="generation tasks: budget (default: per task)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="generation tasks: budget (default: per task; codefusion-* tasks: 128)")
+    parser.add_argument("--num-candidates", type=int, metavar="N",
+                        help="codefusion-* tasks: draws per utterance, ranked into top-1/3/5 (default 5)")
+    parser.add_argument("--candidate-method", choices=CANDIDATE_METHODS, default="sample",
+                        help="codefusion-* tasks on a decoder: k samples ranked by log-probability, or beam search")
+    parser.add_argument("--steps", type=int, metavar="S", help="CodeFusion: sampling steps (default: the model's T)")
+    parser.add_argument("--clamp", action="store_true",
+                        help="CodeFusion: clamp each step's x0 to the nearest embedding")
+    parser.add_argument("--intermediate-every", type=int, metavar="K",
+                        help="CodeFusion: decode every K steps; with --out, FILE.steps.png shows the edit distance "
+                        "to the final output against step")
     parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="lm-eval",
                         help="lm-eval's prompts, or phi-1.5's (mbpp as signature + docstring, gsm8k as executed code)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -60,7 +81,8 @@ def handle(args: argparse.Namespace) -> int:
     results, samples, others = evaluate_target(args)
     if args.out:
         paths = write_results(Path(args.out), results, samples, others)
-        print(f"wrote {paths['results']}, {paths['samples'].name}, {paths['table'].name}", file=sys.stderr)
+        print(f"wrote {paths['results']}, " + ", ".join(p.name for k, p in paths.items() if k != "results"),
+              file=sys.stderr)
     if args.json:
         print(json.dumps(results if not others else {"results": results, "compare": others}))
     else:
@@ -74,7 +96,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
     from slmkit.errors import SlmError
 
     for flag, value, low in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
-                             ("--samples", args.samples, 1), ("--max-new-tokens", args.max_new_tokens, 1)):
+                             ("--samples", args.samples, 1), ("--max-new-tokens", args.max_new_tokens, 1),
+                             ("--num-candidates", args.num_candidates, 1), ("--steps", args.steps, 1),
+                             ("--intermediate-every", args.intermediate_every, 1)):
         if value is not None and value < low:
             raise SlmError(f"{flag} must be >= {low}, got {value}")
     if args.num_fewshot is not None and args.num_fewshot < 0:
@@ -90,35 +114,96 @@ def evaluate_target(args: argparse.Namespace) -> tuple[dict, list[dict], list[di
 
     from slmkit.data.paths import datasets_dir
     from slmkit.eval.results import check_writable, load_results
-    from slmkit.eval.tasks import GenerationSettings, get_tasks, parse_task_list
+    from slmkit.eval.tasks import get_tasks, parse_task_list
     from slmkit.eval.tasks.choice import HELLASWAG_ENV
     from slmkit.generate.sampling import SamplingConfig
 
     _check_numbers(args)
     names = parse_task_list(args.tasks)
-    SamplingConfig(args.temperature, None, args.top_p).validate()
-    settings = GenerationSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                                  max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
-    tasks = get_tasks(names, settings, limit=args.limit)  # unknown task: exit 2 before loading anything
+    SamplingConfig(_temperature(args), None, args.top_p).validate()
+    get_tasks(names, _generation_settings(args), args.limit)  # unknown task: exit 2 before loading anything
     folder = model_folder(args.target)
+    _check_candidate_options(args, folder)
     compare = [Path(p) for p in args.compare]
-    for other in compare:
-        if other.suffix != ".json":
-            model_folder(str(other))
+    folders = [folder, *(model_folder(str(other)) for other in compare if other.suffix != ".json")]
+    for other in folders[1:]:
+        _check_steps(args, other)
+    _check_backend(args, names, folders)
     if args.out:
         check_writable(Path(args.out), args.force)
     if args.hellaswag:
         os.environ[HELLASWAG_ENV] = str(Path(args.hellaswag).resolve())
     root = Path(args.data_root) if args.data_root else datasets_dir()
-    results, samples = _evaluate_folder(args, folder, tasks, names, root)
+    results, samples = _evaluate_folder(args, folder, names, root)
     others = []
     for other in compare:
         if other.suffix == ".json":
             others.append(load_results(other))
         else:
-            others.append(_evaluate_folder(args, model_folder(str(other)), get_tasks(names, settings, args.limit),
-                                           names, root)[0])
+            others.append(_evaluate_folder(args, model_folder(str(other)), names, root)[0])
     return results, samples, others
+
+
+def _temperature(args: argparse.Namespace) -> float:
+    """Generation tasks' temperature: greedy unless --temperature."""
+    return 0.0 if args.temperature is None else args.temperature
+
+
+def _generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    from slmkit.eval.tasks import GenerationSettings
+
+    return GenerationSettings(samples=args.samples, temperature=_temperature(args), top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
+
+
+def candidate_settings(args: argparse.Namespace, kind: str) -> CandidateSettings:
+    """How the codefusion-* tasks draw candidates from a model of `kind`: a CodeFusion model samples
+    noise with the diffusion options, a decoder uses --candidate-method (and the --compare models of
+    the other kind ignore the options that are not theirs)."""
+    from slmkit.eval.tasks import CandidateSettings
+
+    diffusion = kind == "codefusion"
+    return CandidateSettings(
+        num_candidates=args.num_candidates or CandidateSettings.num_candidates,
+        method="sample" if diffusion else args.candidate_method,
+        max_new_tokens=args.max_new_tokens or CandidateSettings.max_new_tokens,
+        temperature=CandidateSettings.temperature if args.temperature is None else args.temperature,
+        top_p=args.top_p, steps=args.steps if diffusion else None, clamp=args.clamp and diffusion,
+        intermediate_every=args.intermediate_every if diffusion else None)
+
+
+def _check_candidate_options(args: argparse.Namespace, folder: Path) -> None:
+    """--num-candidates etc. >= 1; CodeFusion options on a decoder TARGET, beam on a CodeFusion one, or
+    --steps above the model's T: exit 2 before anything runs."""
+    from slmkit.commands.candidates import wants_candidates
+
+    wants_candidates(args, folder)
+    _check_steps(args, folder)
+
+
+def _check_steps(args: argparse.Namespace, folder: Path) -> None:
+    from slmkit.errors import SlmError
+    from slmkit.interop.folder import is_codefusion_folder, read_codefusion_config
+
+    if args.steps is None or not is_codefusion_folder(folder):
+        return
+    T = read_codefusion_config(folder).diffusion_steps
+    if args.steps > T:
+        raise SlmError(f"--steps {args.steps} exceeds T={T}, the diffusion steps of {folder}; use 1..{T}")
+
+
+def _check_backend(args: argparse.Namespace, names: list[str], folders: list[Path]) -> None:
+    from slmkit.errors import SlmError
+    from slmkit.interop.folder import is_codefusion_folder
+
+    if args.backend != "lm-eval":
+        return
+    for folder in folders:
+        if is_codefusion_folder(folder):
+            raise SlmError(f"{folder} is a CodeFusion checkpoint; --backend lm-eval runs decoders only")
+    cf = next((n for n in names if n.startswith(CODEFUSION_PREFIX)), None)
+    if cf:
+        raise SlmError(f"task {cf} runs on the native backend only (drop --backend lm-eval)")
 
 
 def model_folder(target: str) -> Path:
@@ -134,17 +219,22 @@ def model_folder(target: str) -> Path:
     except SlmError:
         raise SlmError(f"{target}: not a model folder (no {MODEL_CONFIG_FILE}) and not a run folder with a "
                        "checkpoint; give a checkpoint, an HF folder (e.g. from `slm import`) or a run folder") from None
-    from slmkit.interop.hf import read_hf_config
+    from slmkit.interop.folder import check_model_folder
 
-    read_hf_config(folder)  # an unsupported or broken config.json: one line, exit 2
+    check_model_folder(folder)  # an unsupported or broken config.json: one line, exit 2
     return folder
 
 
-def _evaluate_folder(args: argparse.Namespace, folder: Path, tasks: list, names: list[str],
-                     root: Path) -> tuple[dict, list[dict]]:
-    from slmkit.eval.results import results_entry
-    from slmkit.eval.tasks import RUN_VALIDATION
+def _evaluate_folder(args: argparse.Namespace, folder: Path, names: list[str], root: Path) -> tuple[dict, list[dict]]:
+    from dataclasses import asdict
 
+    from slmkit.eval.harness import train_flops
+    from slmkit.eval.results import results_entry
+    from slmkit.eval.tasks import RUN_VALIDATION, get_tasks
+    from slmkit.interop.folder import check_model_folder
+
+    candidates = candidate_settings(args, check_model_folder(folder))
+    tasks = get_tasks(names, _generation_settings(args), args.limit, candidates)
     if args.backend == "lm-eval":
         import os
 
@@ -157,20 +247,21 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, tasks: list, names:
                               batch_size=args.batch_size, device=args.device, backend_model="slmkit", data_root=root)
         samples = results.pop("samples")
     else:
-        from slmkit.eval.decoder_lm import load_decoder_lm
-        from slmkit.eval.harness import EvalOptions, evaluate
+        from slmkit.eval.harness import EvalOptions, evaluate, load_lm
 
-        lm = load_decoder_lm(folder, device=args.device, batch_size=args.batch_size, precision=args.precision,
-                             name=_display_name(folder))
+        lm = load_lm(folder, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                     name=_display_name(folder), steps=candidates.steps, clamp=candidates.clamp)
         options = EvalOptions(root, limit=args.limit, num_fewshot=args.num_fewshot, progress=args.progress)
         results, samples = evaluate(lm, tasks, options)
     if RUN_VALIDATION in names:
         from slmkit.eval.perplexity import run_validation_entry
 
         results["tasks"][RUN_VALIDATION] = run_validation_entry(folder, progress=args.progress)
-    results["model"]["path"] = str(folder)
+    results["model"].update(path=str(folder), train_flops=train_flops(folder))
     results["settings"].update(backend=args.backend, prompt_format=args.prompt_format, samples=args.samples,
-                               temperature=args.temperature, batch_size=args.batch_size)
+                               temperature=_temperature(args), batch_size=args.batch_size)
+    if any(name.startswith(CODEFUSION_PREFIX) for name in names):
+        results["settings"]["candidates"] = asdict(candidates)
     return results_entry(results), samples
 
 
@@ -191,7 +282,11 @@ def _run_stage(args: argparse.Namespace) -> int:
     from slmkit.eval.stage import run_eval_stage
 
     given = [flag for flag, value in (("--limit", args.limit), ("--num-fewshot", args.num_fewshot),
-                                      ("--out", args.out), ("--compare", args.compare)) if value]
+                                      ("--out", args.out), ("--compare", args.compare),
+                                      ("--num-candidates", args.num_candidates is not None),
+                                      ("--candidate-method", args.candidate_method != "sample"),
+                                      ("--steps", args.steps), ("--clamp", args.clamp),
+                                      ("--intermediate-every", args.intermediate_every)) if value]
     if given:
         raise SlmError(f"{given[0]} needs --tasks (without --tasks, slm eval runs the run's eval stage; "
                        "set eval.* keys instead)")

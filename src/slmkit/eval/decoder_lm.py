@@ -13,6 +13,10 @@ once per item instead of once per choice. Rows whose contexts share a long prefi
 examples, e.g. MMLU's first-n) batch together and run that prefix once per batch through a KV
 cache copied to every row; other rows are sorted by length. Only the positions that are scored
 are projected to the vocabulary.
+
+Candidates (natural language to code): "sample" is the base class's k samples ranked by
+log-probability; "beam" runs transformers' beam search on the model folder the DecoderLM was loaded
+from (`load_decoder_lm` remembers it), ranked by the beams' length-normalized log-probability.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from slmkit.eval.lm import GenerationRequest, LanguageModel, Progress
+from slmkit.errors import SlmError, check_choice
+from slmkit.eval.lm import (CANDIDATE_METHODS, CandidateRequest, Candidates, GenerationRequest, LanguageModel,
+                            Progress, rank_distinct)
 
 Encode = Callable[[str], list[int]]
 
@@ -122,8 +128,10 @@ class DecoderLM(LanguageModel):
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", batch_size: int = 16,
                  prefix_id: int | None = None, eos_ids: Sequence[int] = (), max_length: int | None = None,
-                 autocast: Callable[[], Any] | None = None) -> None:
+                 autocast: Callable[[], Any] | None = None, folder: str | Path | None = None) -> None:
         self.model = model.eval()
+        self.folder = Path(folder) if folder is not None else None  # for beam search through transformers
+        self._hf_model: Any = None
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = max(1, int(batch_size))
@@ -287,6 +295,66 @@ class DecoderLM(LanguageModel):
                             top_p=first.top_p, seed=seed, stop=stop, eos_ids=self.eos_ids,
                             skip_special=True)
 
+    # ------------------------------------------------------------------ candidates
+
+    def candidates(self, requests: Sequence[CandidateRequest],
+                   progress: Progress | None = None) -> list[Candidates]:
+        """k samples ranked by log-probability ("sample"), or the k best beams ("beam")."""
+        for request in requests:
+            check_choice(request.method, CANDIDATE_METHODS, "candidate method")
+        out: list[Candidates | None] = [None] * len(requests)
+        sampled = [i for i, r in enumerate(requests) if r.method == "sample"]
+        if sampled:
+            for i, result in zip(sampled, super().candidates([requests[i] for i in sampled], progress)):
+                out[i] = result
+        for i, request in enumerate(requests):
+            if request.method == "beam":
+                out[i] = self._beam(request)
+                if progress is not None:
+                    progress(1)
+        return out  # type: ignore[return-value]
+
+    def hf_model(self) -> Any:
+        """The model folder loaded by transformers (once), on this model's device."""
+        if self._hf_model is None:
+            if self.folder is None:
+                raise SlmError(f"{self.name}: beam search runs transformers on the model folder, and this DecoderLM "
+                               "was built without one; load it with load_decoder_lm(folder)")
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            try:
+                self._hf_model = AutoModelForCausalLM.from_pretrained(self.folder).to(self.device).eval()
+            finally:
+                hf_logging.enable_progress_bar()
+        return self._hf_model
+
+    @torch.inference_mode()
+    def _beam(self, request: CandidateRequest) -> Candidates:
+        """The k best beams (transformers' `generate`), each cut at the first end-of-text token."""
+        model = self.hf_model()
+        ids = self.encode(self._fit_prompt(request.prompt, request.max_new_tokens))
+        prompt = torch.tensor([ids], device=self.device)
+        pad = model.config.pad_token_id
+        with self.autocast():
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 num_beams=request.k, num_return_sequences=request.k,
+                                 max_new_tokens=request.max_new_tokens, eos_token_id=self.eos_ids or None,
+                                 pad_token_id=self.prefix_id if pad is None else pad, output_scores=True,
+                                 return_dict_in_generate=True)
+        texts = [self._decode_until_eos(seq[len(ids):].tolist()) for seq in out.sequences]
+        if getattr(out, "sequences_scores", None) is not None:
+            scores = out.sequences_scores.float().tolist()
+        else:  # k = 1 is greedy decoding: the same length-normalized log-probability
+            steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            scores = [float(steps[0].float().mean())]
+        return rank_distinct(texts, scores)
+
+    def _decode_until_eos(self, ids: list[int]) -> str:
+        cut = next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
+        return self.tokenizer.decode(ids[:cut], skip_special_tokens=True)
+
     def _fit_prompt(self, prompt: str, budget: int) -> str:
         """lm-eval keeps the last max_length - max_new_tokens prompt tokens; where the budget is larger
         than half the context (small models), the prompt keeps half and generation gets the rest."""
@@ -342,4 +410,4 @@ def load_decoder_lm(folder: str | Path, device: str | None = None, batch_size: i
     prefix, eos_ids = model_special_ids(folder, tokenizer)
     autocast = autocast_for(precision, dev)
     return DecoderLM(model, tokenizer, name=name or folder.name, batch_size=batch_size, prefix_id=prefix,
-                     eos_ids=eos_ids, autocast=autocast)
+                     eos_ids=eos_ids, autocast=autocast, folder=folder)

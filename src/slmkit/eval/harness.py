@@ -2,6 +2,7 @@
 aggregate (value and standard error per metric), and keep every document's prediction.
 
 A task whose data file is missing is skipped with its one-line reason; the others still run.
+`load_lm` picks the LanguageModel of a model folder (CodeFusion or decoder).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmkit.eval.lm import GENERATE, LOGLIKELIHOOD, ROLLING, LanguageModel
+from slmkit.eval.lm import CANDIDATES, GENERATE, LOGLIKELIHOOD, ROLLING, CandidateRequest, LanguageModel
 from slmkit.eval.tasks import Task, TaskDataMissing
 
 
@@ -27,7 +28,8 @@ class EvalOptions:
 
 
 def _call(lm: LanguageModel, request_type: str, requests: list, bar: Any) -> list:
-    method = {LOGLIKELIHOOD: lm.loglikelihood, ROLLING: lm.loglikelihood_rolling, GENERATE: lm.generate}
+    method = {LOGLIKELIHOOD: lm.loglikelihood, ROLLING: lm.loglikelihood_rolling, GENERATE: lm.generate,
+              CANDIDATES: lm.candidates}
     return method[request_type](requests, progress=bar.update)
 
 
@@ -44,7 +46,9 @@ def run_task(lm: LanguageModel, task: Task, options: EvalOptions) -> tuple[dict[
     per_doc = [task.requests(doc, k, options.data_root) for doc in docs]
     flat = [r for reqs in per_doc for r in reqs]
     with progress_bar(len(flat), f"{task.name}", unit="req", enabled=options.progress, leave=False) as bar:
+        called = time.perf_counter()
         responses = _call(lm, task.request_type, flat, bar)
+        model_seconds = time.perf_counter() - called
     grouped, at = [], 0
     for reqs in per_doc:
         grouped.append(responses[at: at + len(reqs)])
@@ -63,6 +67,12 @@ def run_task(lm: LanguageModel, task: Task, options: EvalOptions) -> tuple[dict[
              "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)}
     if docs and all("choices" in doc for doc in docs):  # what guessing uniformly at random scores
         entry["chance"] = sum(1 / len(doc["choices"]) for doc in docs) / len(docs)
+    if task.request_type == CANDIDATES:  # wall time of the model's calls per document; subset counts
+        entry["seconds_per_query"] = model_seconds / len(docs) if docs else None
+        subsets = {name: len(vals) for name, vals in values.items() if len(vals) != len(docs)}
+        if subsets:
+            entry["metric_n"] = subsets  # metrics over part of the documents (e.g. top1_seen)
+        entry.update(task.entry_fields(records))
     return entry, records
 
 
@@ -70,6 +80,9 @@ def _shown(request: Any) -> Any:
     """A request as the samples file shows it (the prompt and what was scored)."""
     if isinstance(request, tuple):
         return {"context": request[0], "continuation": request[1]}
+    if isinstance(request, CandidateRequest):
+        return {"prompt": request.prompt, "source": request.source, "k": request.k, "method": request.method,
+                "seed": request.seed}
     if hasattr(request, "prompt"):
         return {"prompt": request.prompt, "until": list(request.until)}
     return {"text": request[:200]}
@@ -94,3 +107,28 @@ def evaluate(lm: LanguageModel, tasks: list[Task], options: EvalOptions) -> tupl
             print(f"{task.name}: {shown} (n={entry['n']}, {entry['seconds']:.1f} s)", file=sys.stderr)
     settings = {"limit": options.limit, "num_fewshot": options.num_fewshot, "data_root": str(options.data_root)}
     return {"model": lm.describe(), "tasks": results, "settings": settings}, samples
+
+
+def load_lm(folder: Path, device: str | None = None, batch_size: int = 16, precision: str = "fp32",
+            name: str | None = None, steps: int | None = None, clamp: bool = False) -> LanguageModel:
+    """The LanguageModel of a model folder: CodeFusionLM (with its sampling `steps`/`clamp`) or DecoderLM."""
+    from slmkit.interop.folder import check_model_folder
+
+    if check_model_folder(folder) == "codefusion":
+        from slmkit.eval.codefusion_lm import load_codefusion_lm
+
+        return load_codefusion_lm(folder, device, batch_size, precision, name, steps, clamp)
+    from slmkit.eval.decoder_lm import load_decoder_lm
+
+    return load_decoder_lm(folder, device, batch_size, precision, name)
+
+
+def train_flops(folder: Path) -> float | None:
+    """Training FLOPs so far from a checkpoint's trainer_state.json; None for other model folders."""
+    from slmkit.pipeline.rundir import STATE_FILE
+    from slmkit.train.checkpoint import read_trainer_state
+
+    if not (Path(folder) / STATE_FILE).is_file():
+        return None
+    value = read_trainer_state(folder).get("train_flops")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

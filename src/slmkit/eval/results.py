@@ -1,22 +1,24 @@
-"""Results files of `slm eval`: RESULTS.json, RESULTS.samples.jsonl (one line per document) and
-RESULTS.md (a markdown table; several models side by side with --compare)."""
+"""Results files of `slm eval`: RESULTS.json, RESULTS.samples.jsonl (one line per document),
+RESULTS.md (a markdown table; several models side by side with --compare) and, when a codefusion-*
+task recorded intermediate decodes (--intermediate-every), RESULTS.steps.png."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.fileio import atomic_write_json, atomic_write_text
+from slmkit.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def companion_paths(out: Path) -> dict[str, Path]:
-    """The three files one --out FILE names."""
+    """The files one --out FILE names (the steps picture only with intermediate decodes)."""
     stem = out.with_suffix("") if out.suffix == ".json" else out
     return {"results": out, "samples": stem.with_name(stem.name + ".samples.jsonl"),
-            "table": stem.with_name(stem.name + ".md")}
+            "table": stem.with_name(stem.name + ".md"), "steps": stem.with_name(stem.name + ".steps.png")}
 
 
 def check_writable(out: Path, force: bool) -> None:
@@ -31,12 +33,44 @@ def check_writable(out: Path, force: bool) -> None:
 
 
 def write_results(out: Path, results: dict, samples: list[dict], others: list[dict] | None = None) -> dict[str, Path]:
-    """Write the results JSON, the samples JSONL and the markdown table (each atomically)."""
+    """Write the results JSON, the samples JSONL, the markdown table and the steps picture (each atomically);
+    the paths written."""
     paths = companion_paths(out)
     atomic_write_text(paths["samples"], "".join(json.dumps(s, default=str) + "\n" for s in samples))
     atomic_write_text(paths["table"], markdown_table([results, *(others or [])]) + "\n")
+    picture = steps_plot_png([results, *(others or [])])
+    if picture is None:
+        paths.pop("steps").unlink(missing_ok=True)  # an older run's picture (overwritten with --force)
+    else:
+        atomic_write_bytes(paths["steps"], picture)
     atomic_write_json(paths["results"], results)
     return paths
+
+
+def steps_plot_png(runs: list[dict]) -> bytes | None:
+    """PNG of each run's and task's intermediate-decode curve (edit distance to the final output against
+    sampling step); None when no task recorded one."""
+    curves = [(f"{run.get('model', {}).get('name', 'model')}: {task}", entry["intermediate_curve"])
+              for run in runs for task, entry in run["tasks"].items() if entry.get("intermediate_curve")]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for label, curve in curves:
+        ax.plot(curve["step"], curve["edit_distance"], "o-", label=label, markersize=4)
+    ax.set_xlabel("sampling step")
+    ax.set_ylabel("normalized edit distance to the final output")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def load_results(path: Path) -> dict:
@@ -59,7 +93,8 @@ def _cell(metric: dict | None) -> str:
 
 
 def markdown_table(runs: list[dict]) -> str:
-    """| task | metric | n | model A | model B | ... | chance |, one row per task and metric."""
+    """| task | metric | n | model A | model B | ... | chance |, one row per task and metric; with codefusion-*
+    tasks also seconds per query, and the models' parameters and training FLOPs."""
     names = [r.get("model", {}).get("name", f"model {i + 1}") for i, r in enumerate(runs)]
     header = ["task", "metric", "n", *names, "chance"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -72,12 +107,27 @@ def markdown_table(runs: list[dict]) -> str:
             lines.append(f"| {task} | skipped | - | " + " | ".join("-" for _ in runs) + " | - |")
             continue
         for metric in metrics:
-            n = next((e.get("n") for e in entries if e.get("n") is not None), "-")
+            n = next((e.get("metric_n", {}).get(metric, e["n"]) for e in entries if e.get("n") is not None), "-")
             chance = next((e.get("chance") for e in entries if e.get("chance") is not None), None)
             chance_text = f"{chance:.4f}" if chance is not None and metric.startswith("acc") else "-"
             cells = [_cell(e.get("metrics", {}).get(metric)) for e in entries]
             lines.append(f"| {task} | {metric} | {n} | " + " | ".join(cells) + f" | {chance_text} |")
+        if any("seconds_per_query" in e for e in entries):
+            cells = [_cell({"value": e.get("seconds_per_query")}) for e in entries]
+            lines.append(f"| {task} | seconds_per_query | {n} | " + " | ".join(cells) + " | - |")
+    if any("seconds_per_query" in e for r in runs for e in r["tasks"].values()):
+        for key, shown in (("params", _count), ("train_flops", _flops)):
+            cells = [shown(r.get("model", {}).get(key)) for r in runs]
+            lines.append(f"| model | {key} | - | " + " | ".join(cells) + " | - |")
     return "\n".join(lines)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a"
+
+
+def _flops(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def summary_lines(results: dict) -> list[str]:

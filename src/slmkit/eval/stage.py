@@ -2,7 +2,9 @@
 
 `ppl:val` (the default) writes RUN/eval/val.json through the run's objective; every other task
 runs through the harness into RUN/eval/tasks.json (+ tasks.samples.jsonl, tasks.md), stamped with
-the checkpoint and settings so that an unchanged run reuses it.
+the checkpoint and settings so that an unchanged run reuses it. A CodeFusion run's checkpoint is
+scored through CodeFusionLM (codefusion-* tasks, default candidate settings), a decoder's through
+DecoderLM.
 """
 
 from __future__ import annotations
@@ -41,18 +43,18 @@ def run_eval_stage(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = No
 
 def _run_benchmarks(recipe: Any, run: RunDir, ckpt: Path, progress: bool) -> dict:
     from slmkit.data.paths import datasets_dir
-    from slmkit.eval.decoder_lm import load_decoder_lm
-    from slmkit.eval.harness import EvalOptions, evaluate
+    from slmkit.eval.harness import EvalOptions, evaluate, load_lm, train_flops
     from slmkit.eval.results import results_entry, summary_lines, write_results
     from slmkit.eval.tasks import get_tasks
 
     settings = _settings(recipe)
     batch_size = recipe.eval.batch_size or recipe.train.batch_size
-    lm = load_decoder_lm(ckpt, device=recipe.eval.device or recipe.train.device, batch_size=batch_size,
-                         name=f"{run.root.name}/{ckpt.name}")
+    lm = load_lm(ckpt, device=recipe.eval.device or recipe.train.device, batch_size=batch_size,
+                 name=f"{run.root.name}/{ckpt.name}")  # a CodeFusion or a decoder checkpoint
     tasks = get_tasks(settings["tasks"], limit=settings["limit"])
     results, samples = evaluate(lm, tasks, EvalOptions(datasets_dir(), settings["limit"], settings["num_fewshot"],
                                                        progress))
+    results["model"]["train_flops"] = train_flops(ckpt)
     results = results_entry({**results, "checkpoint": run.label(ckpt), "stage_settings": settings})
     write_results(run.task_results, results, samples)
     print("\n".join(summary_lines(results)), file=sys.stderr)

@@ -7,20 +7,21 @@ from collections.abc import Callable
 from slmkit.errors import SlmError, did_you_mean
 from slmkit.eval.tasks.base import Task, TaskDataMissing
 from slmkit.eval.tasks.choice import choice_tasks
+from slmkit.eval.tasks.codefusion import CandidateSettings, codefusion_tasks
 from slmkit.eval.tasks.generation import GenerationSettings, generation_tasks
 from slmkit.eval.tasks.perplexity import PREFIX, RUN_VALIDATION, PerplexityTask
 
-__all__ = ["Task", "TaskDataMissing", "GenerationSettings", "get_tasks", "task_names", "parse_task_list",
-           "RUN_VALIDATION", "PREFIX"]
+__all__ = ["Task", "TaskDataMissing", "GenerationSettings", "CandidateSettings", "get_tasks", "task_names",
+           "parse_task_list", "RUN_VALIDATION", "PREFIX"]
 
 
-def _registry(settings: GenerationSettings) -> dict[str, Callable[[], Task]]:
-    return {**choice_tasks(), **generation_tasks(settings)}
+def _registry(settings: GenerationSettings, candidates: CandidateSettings) -> dict[str, Callable[[], Task]]:
+    return {**choice_tasks(), **generation_tasks(settings), **codefusion_tasks(candidates)}
 
 
 def task_names(include_subtasks: bool = False) -> list[str]:
     """Every task name (mmlu's 57 single-subject tasks only with include_subtasks)."""
-    names = list(_registry(GenerationSettings()))
+    names = list(_registry(GenerationSettings(), CandidateSettings()))
     return names if include_subtasks else [n for n in names if not n.startswith("mmlu_")]
 
 
@@ -32,10 +33,11 @@ def parse_task_list(text: str) -> list[str]:
     return names
 
 
-def get_tasks(names: list[str], settings: GenerationSettings | None = None, limit: int | None = None) -> list[Task]:
-    """Task objects for names; SlmError with a suggestion for an unknown one (before anything runs)."""
-    settings = settings or GenerationSettings()
-    registry = _registry(settings)
+def get_tasks(names: list[str], settings: GenerationSettings | None = None, limit: int | None = None,
+              candidates: CandidateSettings | None = None) -> list[Task]:
+    """Task objects for names; SlmError with a suggestion for an unknown one (before anything runs).
+    `candidates`: how the codefusion-* tasks draw candidates."""
+    registry = _registry(settings or GenerationSettings(), candidates or CandidateSettings())
     tasks: list[Task] = []
     for name in names:
         if name.startswith(PREFIX) and name != RUN_VALIDATION:
