@@ -9,7 +9,6 @@ keep the HF layout of `slmkit.interop.hf`. Everything that loads "a model folder
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,11 @@ CODEFUSION_MODEL_TYPE = "slmkit-codefusion"
 
 def read_config_json(folder: str | Path) -> dict[str, Any]:
     """config.json of a model folder as a mapping; SlmError when missing or malformed."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise SlmError(f"{folder}: not a model folder (no config.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SlmError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    except (UnicodeDecodeError, OSError) as exc:
-        raise SlmError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+    from slmkit.interop.hf import read_config_json as read_json
+
+    data = read_json(folder)
     if not isinstance(data, dict):
-        raise SlmError(f"{path}: expected a JSON object")
+        raise SlmError(f"{Path(folder) / 'config.json'}: expected a JSON object")
     return data
 
 

@@ -370,17 +370,23 @@ def save_hf_folder(
     return folder
 
 
-def read_hf_config(folder: str | Path) -> ModelConfig:
-    """The ModelConfig of an HF folder (from its config.json)."""
+def read_config_json(folder: str | Path) -> Any:
+    """The parsed config.json of a model folder; SlmError when missing, unreadable or malformed."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise SlmError(f"{folder}: not a model folder (no config.json)")
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SlmError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise SlmError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+
+
+def read_hf_config(folder: str | Path) -> ModelConfig:
+    """The ModelConfig of an HF folder (from its config.json)."""
+    path = Path(folder) / "config.json"
+    hf = read_config_json(folder)
     try:
         return config_from_hf(hf, source=str(path))
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:  # a case the checks missed
