@@ -227,3 +227,23 @@ def test_agreement_categories() -> None:
 def test_every_test_item_scores(bench: dict) -> None:
     methods = [score_item(item["Code"], item) for item in bench["test"]]
     assert all(m["match"] for m in methods)
+
+
+def test_model_output_never_crashes_the_parser() -> None:
+    """Candidates are untrusted text: every prefix of real rules and random garbage either parses or
+    raises CFRuleError (execution match then counts it as no match)."""
+    import random
+
+    rules = ['AND(GreaterThanEqual(25),LessThan(50))', "TextContains('Error')", 'top(10%)', 'Between(537, 624)',
+             'TopPercent(c[1], 20)', 'NOT(Blanks())', 'Equal("a b")', 'LessThan(3",formula2:x)']
+    texts = [r[:i] for r in rules for i in range(len(r) + 1)]
+    rng = random.Random(0)
+    alphabet = "()',\"%$[]c1234567890.ABGTLNOeqaltrhn _-"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    data = [["Value"], [1], ["Error"], [30]]
+    for text in texts:
+        try:
+            flag_rows(text, data)
+        except CFRuleError:
+            pass
+        assert isinstance(execution_match(text, rules[0], data), bool)

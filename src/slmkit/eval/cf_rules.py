@@ -188,7 +188,7 @@ class _Parser:
     def arg(self) -> Arg:
         ch = self.peek()
         rest = self.text[self.pos:]
-        if ch in "\"'":
+        if ch and ch in "\"'":  # ("" in any string is True: the end of input is not a quote)
             return Text(self.quoted())
         if m := _COL_RE.match(rest):
             self.pos += m.end()
