@@ -24,7 +24,8 @@ RECIPES = ["codefusion-bash", "codefusion-python", "codefusion-cf", "ar-bash", "
 TINY_CF = {
     "name": "tiny-codefusion",
     "task": "codefusion",
-    "stages": ["tokenizer", "train"],
+    "stages": ["tokenizer", "train", "eval", "report"],
+    "eval": {"limit": 3},
     "tokenizer": {"vocab_size": 512, "max_train_bytes": 1_000_000},
     "data": {"sources": [
         {"name": "snippets", "type": "codefusion-pretrain", "language": "Bash"},
@@ -116,6 +117,13 @@ def test_ar_rows_score_only_the_code_and_end():
 
 
 # ---------------------------------------------------------------------------- training
+
+
+def test_run_scores_the_dev_split_and_reports(cf_run):
+    results = json.loads((cf_run / "eval" / "tasks.json").read_text())
+    entry = results["tasks"]["codefusion-bash"]
+    assert entry["n"] == 3 and set(entry["metrics"]) >= {"top1", "top3", "top5", "distinct_fraction"}
+    assert "codefusion-bash" in (cf_run / "report.html").read_text()
 
 
 def test_both_stages_train_and_record_flops(cf_run):
