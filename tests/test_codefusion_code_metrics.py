@@ -99,3 +99,19 @@ def test_bash_benchmark_real_data():
     print(f"test commands seen verbatim in train: {n_seen}/{len(test)} ({n_seen / len(test):.1%})")
     assert len(seen) == len(test)
     assert parsed > fell_back
+
+
+def test_runaway_bashlex_parse_falls_back_instead_of_exhausting_memory(monkeypatch) -> None:
+    """Model output like this made bashlex allocate 24 GB; under the cap it falls back to tokens."""
+    import resource
+
+    from slmkit.eval import code_metrics
+
+    monkeypatch.setattr(code_metrics, "BASHLEX_EXTRA_BYTES", 64 << 20)
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    text = ("ls | printf '\\n' | sed -e 's/(bashrc[0-9]* directory( +NAME\")[0-${S zshDisk - | sed -e 's/[ \\t]+\\),"
+            "$A-\")$}\" | xargs -0 sed -e '/:0-9]*<3}[0-9]*' \"*.file\" | sed -E 's/0-9]*//'")
+    tokens, parsed = code_metrics.bash_template_tokens(text)
+    assert not parsed and tokens[0] == "ls"
+    assert resource.getrlimit(resource.RLIMIT_AS) == before  # the cap is lifted again
+    assert code_metrics.bash_template("find . -name '*.txt' -mtime -1") == "find Arg -name Arg -mtime Number"

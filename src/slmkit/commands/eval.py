@@ -250,7 +250,8 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, names: list[str], r
         from slmkit.eval.harness import EvalOptions, evaluate, load_lm
 
         lm = load_lm(folder, device=args.device, batch_size=args.batch_size, precision=args.precision,
-                     name=_display_name(folder), steps=candidates.steps, clamp=candidates.clamp)
+                     name=_display_name(folder) + ("" if candidates.method == "sample" else f" ({candidates.method})"),
+                     steps=candidates.steps, clamp=candidates.clamp)
         options = EvalOptions(root, limit=args.limit, num_fewshot=args.num_fewshot, progress=args.progress)
         results, samples = evaluate(lm, tasks, options)
     if RUN_VALIDATION in names:

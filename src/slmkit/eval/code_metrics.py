@@ -18,7 +18,10 @@ not the NL2Bash tokenizer/typer, only a coarse stand-in.  Scheme:
 E.g. ``find . -name "*.txt" -mtime -1`` -> ``find Arg -name Arg -mtime Number``.
 Parsing is done with ``bashlex``; when it raises (it does on many real commands) we fall back to
 whitespace tokens with the same placeholder rules (a token after ``|``, ``;``, ``&&``, ``||`` is a
-utility).
+utility). Candidates are model output: on some malformed text (unbalanced ``${`` inside quotes)
+bashlex allocates memory without bound (24 GB seen before the OOM killer), so it parses under a
+temporary address-space cap (`_address_space_cap`); a command that hits it is templated by the
+fallback.
 
 Python
 ------
@@ -30,6 +33,7 @@ anything that fails are left as written; tokenize errors fall back to whitespace
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import re
 import tokenize
@@ -178,23 +182,54 @@ def _fallback_template(command: str) -> list[str]:
     return out
 
 
-def bash_template_tokens(command: str) -> tuple[list[str], bool]:
-    """(template tokens, parsed_by_bashlex)."""
-    command = command.strip()
-    if not command:
-        return [], True
+BASHLEX_EXTRA_BYTES = 512 << 20  # address space bashlex may add to the process while it parses one command
+
+
+@contextlib.contextmanager
+def _address_space_cap(extra: int):
+    """Cap this process's address space at its current size + `extra` (Linux) for the duration, so that a
+    runaway allocation raises MemoryError here instead of waking the OOM killer; the old limit comes back."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        old = resource.getrlimit(resource.RLIMIT_AS)
+        cap = size + extra if old[0] == resource.RLIM_INFINITY else min(old[0], size + extra)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, old[1]))
+    except (OSError, StopIteration, ValueError):  # no /proc, or a hard limit below the cap: parse uncapped
+        yield
+        return
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+def bashlex_tokens(command: str) -> list[str] | None:
+    """Template tokens from bashlex's parse tree, or None where bashlex fails or runs out of its memory cap."""
     try:
         import bashlex
 
-        trees = bashlex.parse(command)
+        with _address_space_cap(BASHLEX_EXTRA_BYTES):
+            trees = bashlex.parse(command)
         out: list[str] = []
         for i, tree in enumerate(trees):
             if i:
                 out.append(";")
             out.extend(_walk(tree, command))
-        return out, True
-    except Exception:  # bashlex raises many types (ParsingError, NotImplementedError, IndexError, ...)
-        return _fallback_template(command), False
+        return out
+    except Exception:  # bashlex raises many types (ParsingError, NotImplementedError, MemoryError, ...)
+        return None
+
+
+def bash_template_tokens(command: str) -> tuple[list[str], bool]:
+    """(template tokens, parsed_by_bashlex)."""
+    command = command.strip()
+    if not command:
+        return [], True
+    tokens = bashlex_tokens(command)
+    return (tokens, True) if tokens is not None else (_fallback_template(command), False)
 
 
 def bash_template(command: str) -> str:
