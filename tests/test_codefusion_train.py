@@ -150,6 +150,27 @@ def test_codefusion_resume_after_sigkill_is_exact(tmp_path, cf_run):
     assert train_losses(cf_run) == train_losses(killed)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_codefusion_trains_distributed(tmp_path, cf_run, parallel):
+    """torchrun, 2 processes (gloo): both stages train, the checkpoint holds finite weights and loads.
+    (Each rank draws its own timesteps and noise, so the curve is not the one-process curve.)"""
+    from train_utils import slm_train
+
+    from slmkit.train.checkpoint import load_model_from_checkpoint
+
+    recipe = write(tmp_path, TINY_CF)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tokenizer.json").write_bytes((cf_run / "tokenizer.json").read_bytes())
+    s = summary(slm_train(recipe, run, "train.batch_size=2", f"train.parallel={parallel}", nproc=2))
+    assert s["steps"] == 8 and np.isfinite(s["loss"])
+    state = json.loads((RunDir(run).latest_checkpoint() / "trainer_state.json").read_text())
+    assert [r["data"]["batches"] for r in state["ranks"]] == [8, 8]
+    model = load_model_from_checkpoint(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_checkpoint_round_trip(cf_run):
     from slmkit.interop.folder import check_model_folder
     from slmkit.train.checkpoint import load_model_from_checkpoint

@@ -256,6 +256,11 @@ class CodeFusion(nn.Module):
     # ------------------------------------------------------------------ training
 
     def loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The training loss (see `forward`), called through the module so that wrappers' hooks run
+        (FSDP2 gathers the root's parameters in its pre-forward hook)."""
+        return self(batch)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:  # type: ignore[override]
         """GENIE-style loss: mse(x0_hat, x0) + mse(D(x0_hat), x0) + nll(y | D(x0_hat)).
 
         batch: utterance_ids [B, S], utterance_mask [B, S], code_ids [B, code_len], code_mask [B, code_len],
