@@ -92,23 +92,12 @@ def save_codefusion_folder(model: nn.Module, folder: str | Path, tokenizer_file:
 def load_codefusion_folder(folder: str | Path, device: torch.device | str | None = None,
                            dtype: torch.dtype | None = None) -> nn.Module:
     """The CodeFusion model of a folder, in eval mode (fp32 unless `dtype`)."""
-    from slmkit.interop.hf import _read_weights
+    from slmkit.interop.hf import _read_weights, materialize
     from slmkit.models.codefusion import CodeFusion
 
     folder = Path(folder)
     cfg = read_codefusion_config(folder)
-    state = _read_weights(folder)
-    with torch.device("meta"):
-        model = CodeFusion(cfg)
-    model.to_empty(device=device or "cpu")
-    model.to(dtype=dtype or torch.float32)
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise SlmError(f"{folder}: weights do not fit config.json ({' '.join(str(exc).split())})") from None
-    missing = {n for n, _ in model.named_parameters()} - set(state)
-    if missing:
-        raise SlmError(f"{folder}: model.safetensors lacks {len(missing)} tensors (e.g. {sorted(missing)[0]})")
+    model = materialize(lambda: CodeFusion(cfg), _read_weights(folder), folder, device, dtype)
     model.reset_rope()
     return model.eval()
 

@@ -432,25 +432,34 @@ def load_hf_folder(
 
     dtype None keeps fp32 (the safe default for CPU); weights are cast on load.
     """
-    import torch
 
     from slmkit.models.decoder import Decoder
 
     folder = Path(folder)
     cfg = read_hf_config(folder)
     state = state_dict_from_hf(_read_weights(folder), cfg, source=str(folder))
+    model = materialize(lambda: Decoder(cfg), state, folder, device, dtype)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.reset_rope()
+    return model.eval()
+
+
+def materialize(build: Any, state: dict[str, torch.Tensor], folder: Path, device: torch.device | str | None,
+                dtype: torch.dtype | None) -> Any:
+    """`build()` on the meta device, allocated on `device` in `dtype` (default fp32), holding `state`
+    (strict: SlmError naming the folder when a tensor is missing, unexpected or mis-shaped)."""
+    import torch
+
     with torch.device("meta"):
-        model = Decoder(cfg)
+        model = build()
     model.to_empty(device=device or "cpu")
     model.to(dtype=dtype or torch.float32)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing / unexpected / mis-shaped tensors; several lines from torch
         raise SlmError(f"{folder}: weights do not fit config.json ({' '.join(str(exc).split())})") from None
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    model.reset_rope()
-    return model.eval()
+    return model
 
 
 def model_special_ids(folder: Path, tokenizer: Any) -> tuple[int | None, list[int]]:
