@@ -196,7 +196,8 @@ def test_generate_candidates_cli(cf_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--num-candidates", "0"], "--num-candidates must be >= 1"),
+    (["--num-candidates", "0"], "--num-candidates must be in [1, 256]"),
+    (["--num-candidates", "1000000000"], "--num-candidates must be in [1, 256]"),
     (["--steps", "51"], "sampling steps must be in [1, T=50]"),
     (["--candidate-method", "beam"], "--candidate-method beam is for decoders"),
     (["--prompt", "word " * 40], "exceeds the encoder's 16"),

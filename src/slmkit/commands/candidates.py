@@ -11,6 +11,7 @@ from typing import Any
 
 from slmkit.errors import SlmError
 
+MAX_CANDIDATES = 256  # k draws run as one batch: a bound keeps a typo from exhausting memory
 DIFFUSION_OPTIONS = (("--steps", "steps"), ("--clamp", "clamp"), ("--intermediate-every", "intermediate_every"))
 
 
@@ -19,8 +20,8 @@ def wants_candidates(args: argparse.Namespace, folder: Path) -> bool:
     from slmkit.interop.folder import check_model_folder
 
     kind = check_model_folder(folder)
-    if args.num_candidates is not None and args.num_candidates < 1:
-        raise SlmError(f"--num-candidates must be >= 1, got {args.num_candidates}")
+    if args.num_candidates is not None and not 1 <= args.num_candidates <= MAX_CANDIDATES:
+        raise SlmError(f"--num-candidates must be in [1, {MAX_CANDIDATES}], got {args.num_candidates}")
     for value, name in ((args.steps, "--steps"), (args.intermediate_every, "--intermediate-every")):
         if value is not None and value < 1:
             raise SlmError(f"{name} must be >= 1, got {value}")
