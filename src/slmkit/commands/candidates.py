@@ -79,7 +79,7 @@ def run_candidates(args: argparse.Namespace, folder: Path, device: str) -> int:
     t0 = time.perf_counter()
     lm = _load(folder, device, args)
     requests = _requests(args, lm)
-    print(f"loaded {folder} ({lm.describe().get('params') or lm.model.num_params():,} params, {device}) "
+    print(f"loaded {folder} ({lm.describe()['params']:,} params, {device}) "
           f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     t0 = time.perf_counter()
     results = lm.candidates(requests)

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from slmkit.data.paths import datasets_dir
+from slmkit.data.sources import CODEFUSION_FILES
 from slmkit.errors import SlmError, did_you_mean
 
 log = logging.getLogger(__name__)
 
-LANGUAGES = {"Bash": "BashBenchmarks.json", "Python": "PythonBenchmarks.json", "CF": "CFRuleBenchmarks.json"}
+LANGUAGES = CODEFUSION_FILES  # language -> benchmark file name (the `codefusion` data source's table)
 BENCHMARK_FOLDER = ("codefusion", "benchmarks")
 
 

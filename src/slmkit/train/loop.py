@@ -140,7 +140,6 @@ class _Trainer:
         if tc.activation_checkpointing:
             model.set_activation_checkpointing(True)
         self.model = model
-        self.cfg = model.config
 
     def _setup(self, ckpt: Path | None) -> None:
         tc, env, recipe = self.tc, self.env, self.recipe

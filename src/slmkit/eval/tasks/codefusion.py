@@ -212,12 +212,9 @@ class CFTask(CandidateTask):
         return {"item": item, "scored_by": score_item(pair.code, item)["method"]}
 
     def judge(self, doc: dict, text: str) -> dict:
-        from slmkit.eval.cf_rules import CFRuleError, score_item
+        from slmkit.eval.cf_rules import score_item
 
-        try:
-            return {"match": bool(score_item(text, doc["item"])["match"])}
-        except CFRuleError:
-            return {"match": False}
+        return {"match": bool(score_item(text, doc["item"])["match"])}  # an unparsable candidate: no match
 
     def record_fields(self, doc: dict) -> dict:
         return {"scored_by": doc["scored_by"]}
