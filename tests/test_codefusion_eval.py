@@ -239,7 +239,8 @@ def test_codefusion_eval_cli_refuses_bad_options_on_codefusion(capsys, tiny_cf, 
 def test_codefusion_eval_cli_refuses_diffusion_options_on_a_decoder(capsys, tiny_decoder, options, flag):
     code, _, err = _cli(capsys, tiny_decoder, "--tasks", "codefusion-bash", *options)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert f"{flag} is a CodeFusion option; {tiny_decoder} is a decoder checkpoint" in err
+    owners = "CodeFusion" if flag == "--clamp" else "CodeFusion and masked-diffusion"
+    assert f"{flag} is a {owners} option; {tiny_decoder} is a decoder checkpoint" in err
 
 
 def test_codefusion_eval_cli_malformed_item_names_file_and_id(capsys, tmp_path, tiny_cf):

@@ -214,7 +214,7 @@ def test_decoder_refuses_codefusion_options(tmp_path):
 
     folder = make_tiny_checkpoint(tmp_path / "dec")
     result = slm("generate", str(folder), "--prompt", "x", "--steps", "5")
-    assert result.returncode == 2 and "--steps is a CodeFusion option" in result.stderr
+    assert result.returncode == 2 and "--steps is a CodeFusion and masked-diffusion option" in result.stderr
 
 
 def test_ar_code_trains_and_ranks_candidates(tmp_path, cf_run):

@@ -115,14 +115,14 @@ class SFTConfig:
 
 @dataclass
 class CodeConfig:
-    """Natural language to code (task: codefusion | ar-code): the data of both training stages.
+    """Natural language to code (task: codefusion | ar-code | masked-diffusion): the data of both stages.
 
     Stage 1 (`pretrain_steps` optimizer steps) trains on code alone: the documents of `data.sources`
     other than type `codefusion`, each cut into pieces of at most `code_len` tokens. Stage 2 (the rest
     of train.max_steps) trains on the (utterance, code) pairs of `benchmark`'s train split.
     """
 
-    language: str = "Bash"  # Bash | Python | CF: which benchmark file and eval task
+    language: str | None = None  # Bash | Python | CF: which benchmark file and eval task (required)
     benchmark: str | None = None  # a CodeFusion benchmark JSON; None = the shared datasets' file for language
     utterance_len: int = 64  # utterance tokens kept (longer ones are cut)
     code_len: int = 64  # code tokens (CodeFusion's fixed output length; longer code is cut)
@@ -158,7 +158,7 @@ class EvalConfig:
 @dataclass
 class Recipe:
     name: str = "run"
-    task: str = "pretrain"  # pretrain | sft | codefusion | ar-code
+    task: str = "pretrain"  # pretrain | sft | codefusion | ar-code | masked-diffusion
     stages: list[str] | None = None  # None = every stage of the task's objective
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -532,7 +532,7 @@ def validate(recipe: Recipe) -> Recipe:
     from slmkit.objectives import get_objective
     from slmkit.pipeline.stages import check_stages
 
-    objective = get_objective(recipe.task)
+    objective = get_objective(recipe.task, recipe)
     if recipe.stages is None:
         recipe.stages = list(objective.stages)
     check_stages(recipe)

@@ -1,4 +1,5 @@
-"""`slm generate --num-candidates`: ranked natural-language-to-code candidates (CodeFusion or a decoder)."""
+"""`slm generate --num-candidates`: ranked natural-language-to-code candidates (CodeFusion, masked
+diffusion or a decoder)."""
 
 from __future__ import annotations
 
@@ -12,37 +13,61 @@ from typing import Any
 from slmkit.errors import SlmError
 
 MAX_CANDIDATES = 256  # k draws run as one batch: a bound keeps a typo from exhausting memory
-DIFFUSION_OPTIONS = (("--steps", "steps"), ("--clamp", "clamp"), ("--intermediate-every", "intermediate_every"))
+# option -> the model kinds it applies to (check_model_folder's kinds)
+KIND_OPTIONS = {
+    "--steps": ("steps", ("codefusion", "masked-diffusion")),
+    "--intermediate-every": ("intermediate_every", ("codefusion", "masked-diffusion")),
+    "--clamp": ("clamp", ("codefusion",)),
+    "--length": ("length", ("masked-diffusion",)),
+    "--block-size": ("block_size", ("masked-diffusion",)),
+}
+KIND_NAMES = {"codefusion": "a CodeFusion", "masked-diffusion": "a masked-diffusion", "decoder": "a decoder"}
+
+
+def check_kind_options(args: argparse.Namespace, folder: Path, kind: str) -> None:
+    """Options >= 1 where they are counts, and only for the model kinds they apply to (exit 2 otherwise)."""
+    for flag, (attr, kinds) in KIND_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is None or value is False:
+            continue
+        if value is not True and value < 1:
+            raise SlmError(f"{flag} must be >= 1, got {value}")
+        if kind not in kinds:
+            owners = " and ".join(KIND_NAMES[k].split(" ", 1)[1] for k in kinds)
+            raise SlmError(f"{flag} is a {owners} option; {folder} is {KIND_NAMES[kind]} checkpoint")
+    if kind != "decoder" and args.candidate_method == "beam":
+        raise SlmError(f"--candidate-method beam is for decoders; {folder} is {KIND_NAMES[kind]} checkpoint (its "
+                       "candidates are independent draws)")
+    if kind == "masked-diffusion":
+        from slmkit.eval.masked_lm import masked_sampling_for
+
+        masked_sampling_for(folder, args.length, args.steps, args.block_size, args.temperature)
 
 
 def wants_candidates(args: argparse.Namespace, folder: Path) -> bool:
-    """Candidate mode: a CodeFusion folder, or --num-candidates given; checks the options either way."""
+    """Candidate mode: a diffusion folder, or --num-candidates given; checks the options either way."""
     from slmkit.interop.folder import check_model_folder
 
     kind = check_model_folder(folder)
     if args.num_candidates is not None and not 1 <= args.num_candidates <= MAX_CANDIDATES:
         raise SlmError(f"--num-candidates must be in [1, {MAX_CANDIDATES}], got {args.num_candidates}")
-    for value, name in ((args.steps, "--steps"), (args.intermediate_every, "--intermediate-every")):
-        if value is not None and value < 1:
-            raise SlmError(f"{name} must be >= 1, got {value}")
-    if kind == "decoder":
-        for flag, attr in DIFFUSION_OPTIONS:
-            if getattr(args, attr) not in (None, False):
-                raise SlmError(f"{flag} is a CodeFusion option; {folder} is a decoder checkpoint")
-        return args.num_candidates is not None
-    if args.candidate_method == "beam":
-        raise SlmError(f"--candidate-method beam is for decoders; {folder} is a CodeFusion checkpoint (its "
-                       "candidates come from independent noise draws)")
-    return True
+    check_kind_options(args, folder, kind)
+    return kind != "decoder" or args.num_candidates is not None
 
 
 def _load(folder: Path, device: str, args: argparse.Namespace) -> Any:
-    from slmkit.interop.folder import is_codefusion_folder
+    from slmkit.interop.folder import check_model_folder
 
-    if is_codefusion_folder(folder):
+    kind = check_model_folder(folder)
+    if kind == "codefusion":
         from slmkit.eval.codefusion_lm import load_codefusion_lm
 
         return load_codefusion_lm(folder, device=device, steps=args.steps, clamp=args.clamp, truncate=False)
+    if kind == "masked-diffusion":
+        from slmkit.eval.masked_lm import load_masked_lm
+
+        return load_masked_lm(folder, device=device, steps=args.steps, length=args.length,
+                              block_size=args.block_size, truncate=False)
     from slmkit.eval.decoder_lm import load_decoder_lm
 
     return load_decoder_lm(folder, device=device)
@@ -61,7 +86,8 @@ def _requests(args: argparse.Namespace, lm: Any) -> list:
         out.append(CandidateRequest(prompt=ar_prompt(utterance), source=utterance, k=k, method=args.candidate_method,
                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_p=args.top_p, seed=args.seed, steps=args.steps, clamp=args.clamp,
-                                    intermediate_every=args.intermediate_every))
+                                    intermediate_every=args.intermediate_every, length=args.length,
+                                    block_size=args.block_size))
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slmkit.eval.tasks import CandidateSettings, GenerationSettings
@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Tasks: arc_easy, arc_challenge, piqa, winogrande, boolq, openbookqa, siqa, hellaswag (--hellaswag FILE), "
         "mmlu (or mmlu_<subject>), gsm8k, humaneval, mbpp, ppl:<source type> (e.g. ppl:python-docs), ppl:val, "
         "codefusion-bash, codefusion-python, codefusion-cf (natural language to code, top-1/3/5 over ranked "
-        "candidates; TARGET may be a CodeFusion folder).",
+        "candidates; TARGET may be a CodeFusion or masked-diffusion folder). Several TARGETs with --compare: "
+        "one table, the first TARGET's results in --out.",
     )
     parser.add_argument("target", metavar="TARGET", help="checkpoint / HF model folder, or a run folder")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -40,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="rows per forward pass (default 16)")
     parser.add_argument("--out", metavar="FILE", help="write results JSON here, plus FILE.samples.jsonl and FILE.md")
     parser.add_argument("--force", action="store_true", help="overwrite existing --out files")
-    parser.add_argument("--compare", nargs="+", default=[], metavar="OTHER",
-                        help="results JSON files or other model folders to show side by side")
+    parser.add_argument("--compare", nargs="*", default=None, metavar="OTHER",
+                        help="results JSON files or other model folders to show side by side (more TARGETs given "
+                        "before --tasks count too)")
     parser.add_argument("--backend", choices=BACKENDS, default="native",
                         help="native harness, or lm-evaluation-harness's evaluator over our model (same local data)")
     parser.add_argument("--data-root", metavar="DIR", help="folder of the shared datasets (default: ../shared/datasets "
@@ -58,12 +60,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="codefusion-* tasks: draws per utterance, ranked into top-1/3/5 (default 5)")
     parser.add_argument("--candidate-method", choices=CANDIDATE_METHODS, default="sample",
                         help="codefusion-* tasks on a decoder: k samples ranked by log-probability, or beam search")
-    parser.add_argument("--steps", type=int, metavar="S", help="CodeFusion: sampling steps (default: the model's T)")
+    parser.add_argument("--steps", type=int, metavar="S",
+                        help="diffusion models: sampling steps (CodeFusion: default its T; masked diffusion: 1..length, "
+                        "default the length)")
+    parser.add_argument("--steps-sweep", metavar="LIST",
+                        help="diffusion models: also score the codefusion-* tasks at each of these step counts "
+                        "(e.g. 4,8,16,32); the table gains top-1/3/5 per step count and, with --out, "
+                        "FILE.sweep.png plots top-5 against steps, one panel per task")
     parser.add_argument("--clamp", action="store_true",
                         help="CodeFusion: clamp each step's x0 to the nearest embedding")
+    parser.add_argument("--length", type=int, metavar="L",
+                        help="masked diffusion: answer positions to fill (default: the length it was trained on)")
+    parser.add_argument("--block-size", type=int, metavar="B",
+                        help="masked diffusion: semi-autoregressive blocks of B positions (must divide the length)")
     parser.add_argument("--intermediate-every", type=int, metavar="K",
-                        help="CodeFusion: decode every K steps; with --out, FILE.steps.png shows the edit distance "
-                        "to the final output against step")
+                        help="diffusion models: decode every K steps; with --out, FILE.steps.png shows the edit "
+                        "distance to the final output against step")
     parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="lm-eval",
                         help="lm-eval's prompts, or phi-1.5's (mbpp as signature + docstring, gsm8k as executed code)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -98,7 +110,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
                              ("--samples", args.samples, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--num-candidates", args.num_candidates, 1), ("--steps", args.steps, 1),
-                             ("--intermediate-every", args.intermediate_every, 1)):
+                             ("--intermediate-every", args.intermediate_every, 1), ("--length", args.length, 1),
+                             ("--block-size", args.block_size, 1)):
         if value is not None and value < low:
             raise SlmError(f"{flag} must be >= {low}, got {value}")
     if args.num_fewshot is not None and args.num_fewshot < 0:
@@ -118,16 +131,18 @@ def evaluate_target(args: argparse.Namespace) -> tuple[dict, list[dict], list[di
     from slmkit.eval.tasks.choice import HELLASWAG_ENV
     from slmkit.generate.sampling import SamplingConfig
 
+    targets = _targets(args)
     _check_numbers(args)
     names = parse_task_list(args.tasks)
     SamplingConfig(_temperature(args), None, args.top_p).validate()
     get_tasks(names, _generation_settings(args), args.limit)  # unknown task: exit 2 before loading anything
     folder = model_folder(args.target)
     _check_candidate_options(args, folder)
-    compare = [Path(p) for p in args.compare]
+    compare = [Path(p) for p in targets]
     folders = [folder, *(model_folder(str(other)) for other in compare if other.suffix != ".json")]
     for other in folders[1:]:
         _check_steps(args, other)
+    args.sweep = _sweep(args, folders)
     _check_backend(args, names, folders)
     if args.out:
         check_writable(Path(args.out), args.force)
@@ -142,6 +157,45 @@ def evaluate_target(args: argparse.Namespace) -> tuple[dict, list[dict], list[di
         else:
             others.append(_evaluate_folder(args, model_folder(str(other)), names, root)[0])
     return results, samples, others
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    """The models compared with TARGET: --compare's, then further positional TARGETs (`slm eval A B C
+    --tasks ... --compare`)."""
+    from slmkit.errors import SlmError
+
+    extra = list(args.overrides)
+    args.overrides = []
+    if extra and args.compare is None:
+        raise SlmError(f"{extra[0]}: several TARGETs need --compare (one table for all); key=value overrides "
+                       "apply to a run's eval stage, not to --tasks")
+    return [*extra, *(args.compare or [])]
+
+
+def _sweep(args: argparse.Namespace, folders: list[Path]) -> list[int]:
+    """The --steps-sweep step counts, checked against every diffusion model given (exit 2 early)."""
+    from slmkit.errors import SlmError
+
+    if not args.steps_sweep:
+        return []
+    try:
+        steps = sorted({int(v) for v in args.steps_sweep.split(",") if v.strip()})
+    except ValueError:
+        raise SlmError(f"--steps-sweep must be a comma-separated list of integers, got {args.steps_sweep!r}") from None
+    if not steps or steps[0] < 1:
+        raise SlmError(f"--steps-sweep needs step counts >= 1, got {args.steps_sweep!r}")
+    if not any(n.startswith(CODEFUSION_PREFIX) for n in parse_names(args.tasks)):
+        raise SlmError("--steps-sweep applies to the codefusion-* tasks; add one to --tasks")
+    for folder in folders:
+        for value in steps:
+            _check_steps(args, folder, value)
+    return steps
+
+
+def parse_names(tasks: str) -> list[str]:
+    from slmkit.eval.tasks import parse_task_list
+
+    return parse_task_list(tasks)
 
 
 def _temperature(args: argparse.Namespace) -> float:
@@ -162,45 +216,54 @@ def candidate_settings(args: argparse.Namespace, kind: str) -> CandidateSettings
     the other kind ignore the options that are not theirs)."""
     from slmkit.eval.tasks import CandidateSettings
 
-    diffusion = kind == "codefusion"
+    diffusion = kind in ("codefusion", "masked-diffusion")
+    masked = kind == "masked-diffusion"
     return CandidateSettings(
         num_candidates=args.num_candidates or CandidateSettings.num_candidates,
         method="sample" if diffusion else args.candidate_method,
         max_new_tokens=args.max_new_tokens or CandidateSettings.max_new_tokens,
         temperature=CandidateSettings.temperature if args.temperature is None else args.temperature,
-        top_p=args.top_p, steps=args.steps if diffusion else None, clamp=args.clamp and diffusion,
-        intermediate_every=args.intermediate_every if diffusion else None)
+        top_p=args.top_p, steps=args.steps if diffusion else None, clamp=args.clamp and kind == "codefusion",
+        intermediate_every=args.intermediate_every if diffusion else None,
+        length=args.length if masked else None, block_size=args.block_size if masked else None)
 
 
 def _check_candidate_options(args: argparse.Namespace, folder: Path) -> None:
-    """--num-candidates etc. >= 1; CodeFusion options on a decoder TARGET, beam on a CodeFusion one, or
-    --steps above the model's T: exit 2 before anything runs."""
+    """--num-candidates etc. >= 1; diffusion options on a TARGET of another kind, beam on a diffusion one,
+    --steps above a CodeFusion model's T or a masked model's length: exit 2 before anything runs."""
     from slmkit.commands.candidates import wants_candidates
 
     wants_candidates(args, folder)
     _check_steps(args, folder)
 
 
-def _check_steps(args: argparse.Namespace, folder: Path) -> None:
+def _check_steps(args: argparse.Namespace, folder: Path, steps: int | None = None) -> None:
+    """The diffusion options fit `folder` (--compare models of another kind ignore them)."""
     from slmkit.errors import SlmError
-    from slmkit.interop.folder import is_codefusion_folder, read_codefusion_config
+    from slmkit.interop.folder import check_model_folder, read_codefusion_config
 
-    if args.steps is None or not is_codefusion_folder(folder):
+    steps = steps or args.steps
+    kind = check_model_folder(folder)
+    if kind == "masked-diffusion":
+        from slmkit.eval.masked_lm import masked_sampling_for
+
+        masked_sampling_for(folder, args.length, steps, args.block_size, args.temperature)
+    if steps is None or kind != "codefusion":
         return
     T = read_codefusion_config(folder).diffusion_steps
-    if args.steps > T:
-        raise SlmError(f"--steps {args.steps} exceeds T={T}, the diffusion steps of {folder}; use 1..{T}")
+    if steps > T:
+        raise SlmError(f"--steps {steps} exceeds T={T}, the diffusion steps of {folder}; use 1..{T}")
 
 
 def _check_backend(args: argparse.Namespace, names: list[str], folders: list[Path]) -> None:
     from slmkit.errors import SlmError
-    from slmkit.interop.folder import is_codefusion_folder
+    from slmkit.interop.folder import check_model_folder
 
     if args.backend != "lm-eval":
         return
     for folder in folders:
-        if is_codefusion_folder(folder):
-            raise SlmError(f"{folder} is a CodeFusion checkpoint; --backend lm-eval runs decoders only")
+        if check_model_folder(folder) != "decoder":
+            raise SlmError(f"{folder} is a diffusion checkpoint; --backend lm-eval runs (causal) decoders only")
     cf = next((n for n in names if n.startswith(CODEFUSION_PREFIX)), None)
     if cf:
         raise SlmError(f"task {cf} runs on the native backend only (drop --backend lm-eval)")
@@ -233,7 +296,8 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, names: list[str], r
     from slmkit.eval.tasks import RUN_VALIDATION, get_tasks
     from slmkit.interop.folder import check_model_folder
 
-    candidates = candidate_settings(args, check_model_folder(folder))
+    kind = check_model_folder(folder)
+    candidates = candidate_settings(args, kind)
     tasks = get_tasks(names, _generation_settings(args), args.limit, candidates)
     if args.backend == "lm-eval":
         import os
@@ -251,9 +315,12 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, names: list[str], r
 
         lm = load_lm(folder, device=args.device, batch_size=args.batch_size, precision=args.precision,
                      name=_display_name(folder) + ("" if candidates.method == "sample" else f" ({candidates.method})"),
-                     steps=candidates.steps, clamp=candidates.clamp)
+                     steps=candidates.steps, clamp=candidates.clamp, length=candidates.length,
+                     block_size=candidates.block_size)
         options = EvalOptions(root, limit=args.limit, num_fewshot=args.num_fewshot, progress=args.progress)
         results, samples = evaluate(lm, tasks, options)
+        if getattr(args, "sweep", None) and kind != "decoder":
+            results["steps_sweep"] = _steps_sweep(args, lm, candidates, names, options)
     if RUN_VALIDATION in names:
         from slmkit.eval.perplexity import run_validation_entry
 
@@ -264,6 +331,29 @@ def _evaluate_folder(args: argparse.Namespace, folder: Path, names: list[str], r
     if any(name.startswith(CODEFUSION_PREFIX) for name in names):
         results["settings"]["candidates"] = asdict(candidates)
     return results_entry(results), samples
+
+
+def _steps_sweep(args: argparse.Namespace, lm: Any, candidates: CandidateSettings, names: list[str],
+                 options: Any) -> dict[str, list[dict]]:
+    """{task: [{"steps", "top1", "top3", "top5", "seconds_per_query"}, ...]} over --steps-sweep."""
+    import dataclasses
+
+    from slmkit.eval.harness import evaluate
+    from slmkit.eval.tasks import get_tasks
+
+    code_tasks = [n for n in names if n.startswith(CODEFUSION_PREFIX)]
+    sweep: dict[str, list[dict]] = {n: [] for n in code_tasks}
+    for steps in args.sweep:
+        settings = dataclasses.replace(candidates, steps=steps, intermediate_every=None)
+        lm.steps = steps
+        print(f"{lm.name}: --steps-sweep {steps}", file=sys.stderr)
+        results, _ = evaluate(lm, get_tasks(code_tasks, _generation_settings(args), args.limit, settings), options)
+        for name in code_tasks:
+            entry = results["tasks"][name]
+            sweep[name].append({"steps": steps, **{k: entry["metrics"][k]["value"] for k in ("top1", "top3", "top5")},
+                                "seconds_per_query": entry.get("seconds_per_query")})
+    lm.steps = candidates.steps
+    return sweep
 
 
 def _display_name(folder: Path) -> str:
@@ -287,6 +377,8 @@ def _run_stage(args: argparse.Namespace) -> int:
                                       ("--num-candidates", args.num_candidates is not None),
                                       ("--candidate-method", args.candidate_method != "sample"),
                                       ("--steps", args.steps), ("--clamp", args.clamp),
+                                      ("--steps-sweep", args.steps_sweep), ("--length", args.length),
+                                      ("--block-size", args.block_size),
                                       ("--intermediate-every", args.intermediate_every)) if value]
     if given:
         raise SlmError(f"{given[0]} needs --tasks (without --tasks, slm eval runs the run's eval stage; "

@@ -33,20 +33,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weights dtype (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with all completions instead")
     code = parser.add_argument_group(
-        "natural language to code (CodeFusion checkpoints, or decoders fine-tuned by task: ar-code)",
-        "With --num-candidates (or a CodeFusion checkpoint) each --prompt is an utterance; the distinct "
-        "candidates are printed best first with the model's own score. A decoder gets the utterance in its "
-        "ar-code fine-tuning format.")
+        "natural language to code (CodeFusion and masked-diffusion checkpoints, or decoders fine-tuned by "
+        "task: ar-code)",
+        "With --num-candidates (or a diffusion checkpoint) each --prompt is an utterance; the distinct "
+        "candidates are printed best first with the model's own score. A decoder or a masked-diffusion model "
+        "gets the utterance in its ar-code fine-tuning format.")
     code.add_argument("--num-candidates", "-n", type=int, default=None,
                       help="candidates per prompt (k draws, de-duplicated; default 1)")
     code.add_argument("--candidate-method", choices=["sample", "beam"], default="sample",
                       help="decoders: k samples ranked by log-probability, or beam search (default sample)")
     code.add_argument("--steps", type=int, default=None,
-                      help="CodeFusion: sampling steps, strided over the model's T (default T)")
+                      help="CodeFusion: sampling steps, strided over the model's T (default T); masked diffusion: "
+                           "denoising steps, 1..--length (default --length: one token per step)")
+    code.add_argument("--length", type=int, default=None, metavar="L",
+                      help="masked diffusion: answer positions to fill (default: the length it was trained on)")
+    code.add_argument("--block-size", type=int, default=None, metavar="B",
+                      help="masked diffusion: fill the answer in blocks of B, left to right (must divide --length)")
     code.add_argument("--clamp", action="store_true",
                       help="CodeFusion: snap the predicted x0 to the nearest embedding at every step")
     code.add_argument("--intermediate-every", type=int, default=None, metavar="K",
-                      help="CodeFusion: also print the top candidate's decode every K sampling steps")
+                      help="diffusion: also print the top candidate's decode every K sampling steps")
     parser.set_defaults(handler=run)
 
 

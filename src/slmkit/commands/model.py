@@ -138,7 +138,8 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     c = s["config"]
     lines = [
         f"model {name}  ({c['family']} family: {c['norm']}, {c['mlp']}, "
-        f"{'parallel' if c['parallel_block'] else 'sequential'} block)",
+        f"{'parallel' if c['parallel_block'] else 'sequential'} block"
+        f"{', bidirectional: a masked-diffusion denoiser' if c.get('bidirectional') else ''})",
         f"  shape              d_model {c['d_model']}, layers {c['n_layers']}, heads {c['n_heads']} "
         f"(kv {c['kv_heads']}, head_dim {c['head_dim']}), ffn {c['ffn_hidden']}, vocab {c['vocab_size']}, "
         f"context {c['max_seq_len']}",
@@ -152,6 +153,7 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
         m = s["memory"][dtype]
         cols = [_gib(m[k]) for k in ("weights", "grads", "adam_states", "master_weights", "total_training")]
         lines.append(f"    {dtype:<16} " + " ".join(f"{col:<12}" for col in cols))
-    lines.append(f"  KV cache/token     fp32 {_gib(s['memory']['fp32']['kv_cache_per_token'])}, "
-                 f"bf16 {_gib(s['memory']['bf16']['kv_cache_per_token'])}")
+    if not c.get("bidirectional"):  # a masked-diffusion model re-reads the sequence each step: no KV cache
+        lines.append(f"  KV cache/token     fp32 {_gib(s['memory']['fp32']['kv_cache_per_token'])}, "
+                     f"bf16 {_gib(s['memory']['bf16']['kv_cache_per_token'])}")
     return "\n".join(lines)

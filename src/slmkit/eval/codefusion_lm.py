@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.eval.lm import CANDIDATES, Candidates, CandidateRequest, LanguageModel, Progress, rank_distinct
+from slmkit.eval.lm import CANDIDATES, Candidates, CandidateRequest, DiffusionLM, Progress, rank_distinct
 
 
-class CodeFusionLM(LanguageModel):
+class CodeFusionLM(DiffusionLM):
     capabilities = frozenset({CANDIDATES})
+    what = "a CodeFusion model"
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "codefusion", batch_size: int = 16,
                  autocast: Callable[[], Any] | None = None, steps: int | None = None, clamp: bool = False,
@@ -35,21 +36,8 @@ class CodeFusionLM(LanguageModel):
         self.queries = 0
 
     @property
-    def device(self) -> torch.device:
-        return self.model.embed.weight.device
-
-    @property
     def max_length(self) -> int:
         return self.model.config.max_utterance_len
-
-    def _unsupported(self, what: str) -> SlmError:
-        return SlmError(f"{self.name}: a CodeFusion model cannot answer {what} requests (candidates only)")
-
-    def loglikelihood(self, requests, progress=None):
-        raise self._unsupported("loglikelihood")
-
-    def loglikelihood_rolling(self, texts, progress=None):
-        raise self._unsupported("loglikelihood_rolling")
 
     def generate(self, requests, progress=None):
         raise self._unsupported("generate")

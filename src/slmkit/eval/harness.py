@@ -110,14 +110,21 @@ def evaluate(lm: LanguageModel, tasks: list[Task], options: EvalOptions) -> tupl
 
 
 def load_lm(folder: Path, device: str | None = None, batch_size: int = 16, precision: str = "fp32",
-            name: str | None = None, steps: int | None = None, clamp: bool = False) -> LanguageModel:
-    """The LanguageModel of a model folder: CodeFusionLM (with its sampling `steps`/`clamp`) or DecoderLM."""
+            name: str | None = None, steps: int | None = None, clamp: bool = False, length: int | None = None,
+            block_size: int | None = None) -> LanguageModel:
+    """The LanguageModel of a model folder: CodeFusionLM (with its sampling `steps`/`clamp`),
+    MaskedDiffusionLM (`steps`, `length`, `block_size`) or DecoderLM."""
     from slmkit.interop.folder import check_model_folder
 
-    if check_model_folder(folder) == "codefusion":
+    kind = check_model_folder(folder)
+    if kind == "codefusion":
         from slmkit.eval.codefusion_lm import load_codefusion_lm
 
         return load_codefusion_lm(folder, device, batch_size, precision, name, steps, clamp)
+    if kind == "masked-diffusion":
+        from slmkit.eval.masked_lm import load_masked_lm
+
+        return load_masked_lm(folder, device, batch_size, precision, name, steps, length, block_size)
     from slmkit.eval.decoder_lm import load_decoder_lm
 
     return load_decoder_lm(folder, device, batch_size, precision, name)

@@ -45,7 +45,8 @@ class CandidateRequest:
     A decoder continues `prompt` (the utterance in its fine-tuning format); an encoder-conditioned
     model (CodeFusion) reads `source` (the bare utterance). `method` "sample" draws k samples (seeds
     seed..seed+k-1; CodeFusion: k noise draws), "beam" keeps the k best beams (decoders only).
-    `steps`, `clamp` and `intermediate_every` are diffusion sampling options (None = the model's own)."""
+    `steps`, `clamp` and `intermediate_every` are diffusion sampling options (None = the model's own);
+    `length` and `block_size` are masked diffusion's (answer positions; semi-autoregressive blocks)."""
 
     prompt: str
     source: str
@@ -58,6 +59,8 @@ class CandidateRequest:
     steps: int | None = None
     clamp: bool = False
     intermediate_every: int | None = None
+    length: int | None = None
+    block_size: int | None = None
 
 
 @dataclass
@@ -130,3 +133,28 @@ class LanguageModel(ABC):
     def describe(self) -> dict:
         """What results files record about the model."""
         return {"name": self.name}
+
+
+class DiffusionLM(LanguageModel):
+    """Base of the diffusion models' LanguageModels: no exact likelihood of a given continuation, so
+    the loglikelihood request types raise (the harness skips those tasks through `capabilities`)."""
+
+    name: str
+    model: object
+    what = "a diffusion model"  # for messages
+    answers = "candidates only"
+
+    @property
+    def device(self):
+        return self.model.embed.weight.device  # type: ignore[attr-defined]
+
+    def _unsupported(self, what: str):
+        from slmkit.errors import SlmError
+
+        return SlmError(f"{self.name}: {self.what} cannot answer {what} requests ({self.answers})")
+
+    def loglikelihood(self, requests, progress=None):
+        raise self._unsupported("loglikelihood")
+
+    def loglikelihood_rolling(self, texts, progress=None):
+        raise self._unsupported("loglikelihood_rolling")

@@ -74,7 +74,7 @@ def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None
     from slmkit.train.checkpoint import read_trainer_state
 
     run = RunDir.of(run)
-    objective = get_objective(recipe.task)
+    objective = get_objective(recipe.task, recipe)
     ckpt = ckpt or run.require_checkpoint()
     step = int(read_trainer_state(ckpt).get("step", 0))
     settings = eval_settings(recipe)
@@ -108,7 +108,7 @@ def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None
         **settings,
         "bytes_per_token": bytes_per_token,
         "model": {"loss": result["loss"], "bpb": bits_per_byte(result["loss"], bytes_per_token),
-                  "tokens": result["tokens"]},
+                  "tokens": result["tokens"], **({"bound": "elbo"} if objective.loss_is_bound else {})},
         "unigram": {"loss": unigram_loss, "bpb": bits_per_byte(unigram_loss, bytes_per_token),
                     "tokens": int(counter.counts.sum())},
         "seconds": round(time.perf_counter() - start, 2),
@@ -134,6 +134,8 @@ def val_rows(report: dict) -> list[dict[str, Any]]:
         entry = report.get(key) or {}
         loss = entry.get("loss")
         finite = isinstance(loss, (int, float)) and math.isfinite(loss)
+        if entry.get("bound"):  # masked diffusion: the loss is an upper bound on the NLL (the ELBO)
+            name = f"{name} (ELBO bound)"
         rows.append({"name": name, "loss": loss, "bpb": entry.get("bpb"),
                      "ppl": math.exp(loss) if finite and loss < 50 else None, "tokens": entry.get("tokens")})
     return [r for r in rows if r["loss"] is not None]
@@ -145,9 +147,9 @@ def _num(value: Any, spec: str) -> str:
 
 def format_table(report: dict) -> str:
     """A small text table of `val_rows`: loss / bpb / perplexity / tokens."""
-    lines = [f"{'val':<17} {'loss':>8} {'bpb':>8} {'ppl':>10} {'tokens':>10}"]
+    lines = [f"{'val':<19} {'loss':>8} {'bpb':>8} {'ppl':>10} {'tokens':>10}"]
     for r in val_rows(report):
-        lines.append(f"{r['name']:<17} {_num(r['loss'], '.4f'):>8} {_num(r['bpb'], '.4f'):>8} "
+        lines.append(f"{r['name']:<19} {_num(r['loss'], '.4f'):>8} {_num(r['bpb'], '.4f'):>8} "
                      f"{_num(r['ppl'], '.2f'):>10} {_num(r['tokens'], ','):>10}")
     return "\n".join(lines)
 
@@ -155,8 +157,10 @@ def format_table(report: dict) -> str:
 def format_line(report: dict) -> str:
     """One line for summaries: model loss and bits per byte beside the baseline."""
     rows = {r["name"]: r for r in val_rows(report)}
-    model, base = rows.get("model", {}), rows.get("unigram baseline", {})
-    return (f"{_num(model.get('loss'), '.4f')} nats/token, {_num(model.get('bpb'), '.4f')} bits/byte "
+    bound = (report.get("model") or {}).get("bound")
+    model, base = rows.get("model (ELBO bound)" if bound else "model", {}), rows.get("unigram baseline", {})
+    return (f"{_num(model.get('loss'), '.4f')} nats/token, {_num(model.get('bpb'), '.4f')} bits/byte"
+            f"{' (ELBO upper bound)' if bound else ''} "
             f"(unigram baseline {_num(base.get('loss'), '.4f')}, {_num(base.get('bpb'), '.4f')})")
 
 

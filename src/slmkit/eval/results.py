@@ -1,6 +1,7 @@
 """Results files of `slm eval`: RESULTS.json, RESULTS.samples.jsonl (one line per document),
-RESULTS.md (a markdown table; several models side by side with --compare) and, when a codefusion-*
-task recorded intermediate decodes (--intermediate-every), RESULTS.steps.png."""
+RESULTS.md (a markdown table; several models side by side with --compare), when a codefusion-*
+task recorded intermediate decodes (--intermediate-every) RESULTS.steps.png, and with --steps-sweep
+RESULTS.sweep.png (top-5 against sampling steps, one panel per task, a line per diffusion model)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def companion_paths(out: Path) -> dict[str, Path]:
     """The files one --out FILE names (the steps picture only with intermediate decodes)."""
     stem = out.with_suffix("") if out.suffix == ".json" else out
     return {"results": out, "samples": stem.with_name(stem.name + ".samples.jsonl"),
-            "table": stem.with_name(stem.name + ".md"), "steps": stem.with_name(stem.name + ".steps.png")}
+            "table": stem.with_name(stem.name + ".md"), "steps": stem.with_name(stem.name + ".steps.png"),
+            "sweep": stem.with_name(stem.name + ".sweep.png")}
 
 
 def check_writable(out: Path, force: bool) -> None:
@@ -38,11 +40,12 @@ def write_results(out: Path, results: dict, samples: list[dict], others: list[di
     paths = companion_paths(out)
     atomic_write_text(paths["samples"], "".join(json.dumps(s, default=str) + "\n" for s in samples))
     atomic_write_text(paths["table"], markdown_table([results, *(others or [])]) + "\n")
-    picture = steps_plot_png([results, *(others or [])])
-    if picture is None:
-        paths.pop("steps").unlink(missing_ok=True)  # an older run's picture (overwritten with --force)
-    else:
-        atomic_write_bytes(paths["steps"], picture)
+    runs = [results, *(others or [])]
+    for key, picture in (("steps", steps_plot_png(runs)), ("sweep", sweep_plot_png(runs))):
+        if picture is None:
+            paths.pop(key).unlink(missing_ok=True)  # an older run's picture (overwritten with --force)
+        else:
+            atomic_write_bytes(paths[key], picture)
     atomic_write_json(paths["results"], results)
     return paths
 
@@ -71,6 +74,53 @@ def steps_plot_png(runs: list[dict]) -> bytes | None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def sweep_plot_png(runs: list[dict]) -> bytes | None:
+    """PNG of top-5 against sampling steps (--steps-sweep): one panel per task, one line per model;
+    None when no run swept."""
+    tasks = list(dict.fromkeys(t for run in runs for t in (run.get("steps_sweep") or {})))
+    if not tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4), constrained_layout=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run in runs:
+            points = (run.get("steps_sweep") or {}).get(task)
+            if points:
+                ax.plot([p["steps"] for p in points], [p["top5"] for p in points], "o-", markersize=4,
+                        label=run.get("model", {}).get("name", "model"))
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel("top-5")
+        ax.set_title(task)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def sweep_lines(runs: list[dict]) -> list[str]:
+    """Markdown rows `| task | topK @ S steps | ... |` for the runs that have a --steps-sweep."""
+    lines = []
+    tasks = list(dict.fromkeys(t for run in runs for t in (run.get("steps_sweep") or {})))
+    for task in tasks:
+        steps = sorted({p["steps"] for run in runs for p in (run.get("steps_sweep") or {}).get(task, [])})
+        for s in steps:
+            for metric in ("top1", "top3", "top5", "seconds_per_query"):
+                cells = []
+                for run in runs:
+                    point = next((p for p in (run.get("steps_sweep") or {}).get(task, []) if p["steps"] == s), None)
+                    cells.append(_cell({"value": point[metric]}) if point and point.get(metric) is not None else "-")
+                lines.append(f"| {task} | {metric} @ {s} steps | - | " + " | ".join(cells) + " | - |")
+    return lines
 
 
 def load_results(path: Path) -> dict:
@@ -119,7 +169,7 @@ def markdown_table(runs: list[dict]) -> str:
         for key, shown in (("params", _count), ("train_flops", _flops)):
             cells = [shown(r.get("model", {}).get(key)) for r in runs]
             lines.append(f"| model | {key} | - | " + " | ".join(cells) + " | - |")
-    return "\n".join(lines)
+    return "\n".join([*lines, *sweep_lines(runs)])
 
 
 def _count(value: Any) -> str:

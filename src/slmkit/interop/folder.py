@@ -103,13 +103,15 @@ def load_codefusion_folder(folder: str | Path, device: torch.device | str | None
 
 
 def save_model_folder(model: nn.Module, folder: str | Path, tokenizer_file: Path | None = None,
-                      chat_template: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write any of our models as a model folder (HF layout for decoders)."""
+                      chat_template: str | None = None, state_dict: dict[str, torch.Tensor] | None = None,
+                      metadata: dict[str, Any] | None = None) -> Path:
+    """Write any of our models as a model folder (HF layout for decoders; `metadata`: the objective's
+    config.json "slmkit" entries, e.g. masked diffusion's answer length)."""
     if is_codefusion(model):
         return save_codefusion_folder(model, folder, tokenizer_file, state_dict)
     from slmkit.interop.hf import save_hf_folder
 
-    return save_hf_folder(model, folder, tokenizer_file=tokenizer_file, chat_template=chat_template,
+    return save_hf_folder(model, folder, tokenizer_file=tokenizer_file, chat_template=chat_template, metadata=metadata,
                           state_dict=state_dict)
 
 
@@ -124,11 +126,11 @@ def load_model_folder(folder: str | Path, device: torch.device | str | None = No
 
 
 def check_model_folder(folder: str | Path) -> str:
-    """'codefusion' or 'decoder' after checking config.json (SlmError when it is not usable)."""
+    """'codefusion', 'masked-diffusion' (a bidirectional decoder) or 'decoder' after checking config.json
+    (SlmError when it is not usable)."""
     if is_codefusion_folder(folder):
         read_codefusion_config(folder)
         return "codefusion"
     from slmkit.interop.hf import read_hf_config
 
-    read_hf_config(folder)
-    return "decoder"
+    return "masked-diffusion" if read_hf_config(folder).bidirectional else "decoder"

@@ -173,6 +173,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         name = ", ".join(archs) or f"model_type {hf.get('model_type')!r}"
         raise SlmError(f"{source}: unsupported architecture {name}; supported: {', '.join(ARCHITECTURES)}")
     family = ARCHITECTURES[arch]
+    ours = hf.get("slmkit") if isinstance(hf.get("slmkit"), dict) else {}
+    bidirectional = (ours.get("model_config") or {}).get("bidirectional", False) is True
     missing = [key for key in _HF_REQUIRED_INTS if key not in hf]
     if missing:
         raise SlmError(f"{source}: missing key(s) {', '.join(missing)}; not a complete model config")
@@ -196,6 +198,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         init_std=hf.get("initializer_range", 0.02),
+        bidirectional=bidirectional,  # slmkit's masked-diffusion denoiser (transformers would run it causally)
     )
     if family == "llama":
         if hf.get("hidden_act", "silu") != "silu":
@@ -323,6 +326,7 @@ def save_hf_folder(
     special_tokens: dict[str, str] | None = None,
     token_ids: dict[str, Any] | None = None,
     generation_ids: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` as an HF folder that AutoModelForCausalLM.from_pretrained loads offline.
 
@@ -332,7 +336,8 @@ def save_hf_folder(
     special_tokens: explicit bos/eos/unk/pad token names for tokenizer_config.json (default: the
     tokenizer's own heuristics). token_ids: bos_token_id/eos_token_id/pad_token_id for config.json and
     generation_config.json (default: from the tokenizer); generation_ids overrides them in
-    generation_config.json only (e.g. a list of eos ids, as HF allows).
+    generation_config.json only (e.g. a list of eos ids, as HF allows). metadata: what the training
+    objective records beside the weights (config.json "slmkit", e.g. masked diffusion's answer length).
     """
     from safetensors.torch import save_file
 
@@ -360,7 +365,7 @@ def save_hf_folder(
         ids = {**ids, **token_ids}
     gen_ids = {**ids, **(generation_ids or {})}
     hf_config = {**config_to_hf(cfg), **ids, "dtype": str(dtype).removeprefix("torch.")}
-    hf_config["slmkit"] = {"model_config": cfg.to_dict()}
+    hf_config["slmkit"] = {"model_config": cfg.to_dict(), **(metadata or {})}
     atomic_write_json(folder / "config.json", hf_config)
     atomic_write_json(folder / "generation_config.json", {k: v for k, v in gen_ids.items() if v is not None})
     if tokenizer_file is not None:

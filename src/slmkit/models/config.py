@@ -20,6 +20,8 @@ class ModelConfig:
     LLaMA family: norm="rmsnorm", mlp="swiglu", parallel_block=False, bias=False.
     phi family:   norm="layernorm", mlp="gelu", parallel_block=True, bias=True,
                   rotary_fraction=0.5, lm_head_bias=True.
+    Either with bidirectional=True is the denoiser of a masked-diffusion LM: the same weights and
+    FLOPs, attention without the causal mask (objectives/masked_diffusion.py).
     """
 
     family: str = "llama"  # "llama" | "phi": which HF transformers class it maps to
@@ -42,6 +44,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     dropout: float = 0.0
+    bidirectional: bool = False  # masked diffusion: every token attends to every other (no causal mask)
 
     # ------------------------------------------------------------------ derived sizes
 

@@ -136,6 +136,9 @@ class Decoder(nn.Module):
                 end = int(positions.max()) + 1 if positions.numel() else 0
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds the model context {self.config.max_seq_len}")
+        if kv_cache is not None and self.config.bidirectional:
+            raise ValueError("a bidirectional (masked-diffusion) model has no KV-cache decoding; every step "
+                             "re-reads the whole sequence")
         if positions is None and attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)[:, start_pos:end]
         if positions is None:  # [1, T, 1, R]: broadcast over batch and heads
@@ -144,7 +147,10 @@ class Decoder(nn.Module):
         else:  # [B, T, 1, R]
             cos = self.rope_cos[positions].unsqueeze(2)
             sin = self.rope_sin[positions].unsqueeze(2)
-        mask = attend[:, None] if attend is not None else _attention_mask(T, start_pos, attention_mask, input_ids.device)
+        if attend is not None:
+            mask = attend[:, None]
+        else:
+            mask = _attention_mask(T, start_pos, attention_mask, input_ids.device, causal=not self.config.bidirectional)
         x = self.embed(input_ids)
         if self.training and self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout)
@@ -167,13 +173,18 @@ class Decoder(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
-def _attention_mask(T: int, start_pos: int, pad_mask: Tensor | None, device: torch.device) -> Tensor | None:
-    """Bool [B|1, 1, T, start_pos+T] "may attend" mask, or None when SDPA's own causal path suffices."""
-    if pad_mask is None and (start_pos == 0 or T == 1):
+def _attention_mask(T: int, start_pos: int, pad_mask: Tensor | None, device: torch.device,
+                    causal: bool = True) -> Tensor | None:
+    """Bool [B|1, 1, T, start_pos+T] "may attend" mask, or None when SDPA's own path suffices
+    (causal, or for a bidirectional model everything)."""
+    if pad_mask is None and (start_pos == 0 or T == 1 or not causal):
         return None
     S = start_pos + T
     query_slot = torch.arange(start_pos, S, device=device)[:, None]
-    allowed = torch.arange(S, device=device)[None, :] <= query_slot  # [T, S] causal
+    if causal:
+        allowed = torch.arange(S, device=device)[None, :] <= query_slot  # [T, S] causal
+    else:
+        allowed = torch.ones(T, S, dtype=torch.bool, device=device)
     if pad_mask is not None:
         allowed = allowed[None] & pad_mask[:, None, :S].bool()  # [B, T, S]
         allowed = allowed | (torch.arange(S, device=device)[None, :] == query_slot)  # pad rows see themselves

@@ -75,7 +75,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head (optionally grouped-query) causal self-attention with a fused QKV projection."""
+    """Multi-head (optionally grouped-query) self-attention with a fused QKV projection; causal unless
+    the config is bidirectional."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -85,6 +86,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, self.q_size + 2 * self.kv_size, bias=cfg.bias)
         self.o_proj = nn.Linear(self.q_size, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
+        self.causal = not cfg.bidirectional
 
     def forward(
         self,
@@ -99,7 +101,7 @@ class Attention(nn.Module):
         start_pos..start_pos+T-1 and attends to slots 0..start_pos+T-1.
 
         `mask` is a bool [B|1, 1, T, S] "may attend" mask; None means plain causal (or, for one
-        query token with a cache, everything cached so far).
+        query token with a cache, everything cached so far), or everything for a bidirectional model.
         """
         B, T, _ = x.shape
         heads = self.n_heads + self.kv_heads
@@ -113,7 +115,7 @@ class Attention(nn.Module):
             cache[0][:, :, start_pos:end] = k
             cache[1][:, :, start_pos:end] = v
             k, v = cache[0][:, :, :end], cache[1][:, :, :end]
-        is_causal = mask is None and T > 1
+        is_causal = self.causal and mask is None and T > 1
         if is_causal and k.shape[2] != T:
             raise ValueError("a causal step over a cache with earlier tokens needs an explicit mask")
         y = F.scaled_dot_product_attention(

@@ -30,6 +30,14 @@ def ar_prompt(utterance: str) -> str:
     return f"{utterance.strip()}{SEPARATOR}"
 
 
+def separator_id(tokenizer: Any) -> int:
+    """The id of the prompt/code separator token; SlmError when the tokenizer lacks it."""
+    sep = tokenizer.token_to_id(SEPARATOR)
+    if sep is None:
+        raise SlmError(f"the tokenizer lacks the separator token {SEPARATOR}; keep it in tokenizer.special_tokens")
+    return sep
+
+
 def row_len(recipe: Recipe) -> int:
     """The longest training row: utterance, separator, code, end-of-text."""
     return recipe.code.utterance_len + recipe.code.code_len + 2
@@ -51,10 +59,7 @@ class ArCodeObjective(Nl2CodeObjective):
     def collate(self, recipe: Recipe, tokenizer: Any) -> Collate:
         from slmkit.tokenizer import eos_id, pad_id
 
-        sep = tokenizer.token_to_id(SEPARATOR)
-        if sep is None:
-            raise SlmError(f"the tokenizer lacks the separator token {SEPARATOR}; keep it in tokenizer.special_tokens")
-        return ArCodeCollate(eos_id(tokenizer), pad_id(tokenizer), sep).as_collate()
+        return ArCodeCollate(eos_id(tokenizer), pad_id(tokenizer), separator_id(tokenizer)).as_collate()
 
 
 class ArCodeCollate:

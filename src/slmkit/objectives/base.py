@@ -27,6 +27,13 @@ class Objective:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     stages: ClassVar[tuple[str, ...]] = ()  # the pipeline stages that mean something for it, in order
+    bidirectional: ClassVar[bool] = False  # its decoder attends both ways (masked diffusion), not causally
+    loss_is_bound: ClassVar[bool] = False  # its validation loss bounds the NLL from above (an ELBO)
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe | None) -> Objective:
+        """The objective instance for a recipe (a task may take a different form per recipe)."""
+        return cls()
 
     # ------------------------------------------------------------------ recipe checks
 
@@ -34,9 +41,17 @@ class Objective:
         """Load-time checks of the recipe keys this objective reads (no file access)."""
 
     def check_model(self, recipe: Recipe) -> None:
-        """Load-time check of the `model` section (decoder objectives: a decoder preset)."""
+        """Load-time check of the `model` section (decoder objectives: a decoder preset whose attention,
+        causal or bidirectional, is the objective's; masked diffusion sets model.bidirectional itself)."""
         from slmkit.config import check_decoder_model
 
+        given = recipe.model.overrides.get("bidirectional")
+        if given is not None and bool(given) != self.bidirectional:
+            need = ("a bidirectional denoiser; remove the key or set it to true" if self.bidirectional else
+                    "causal attention (it predicts the next token); use task: masked-diffusion for a bidirectional model")
+            raise SlmError(f"recipe key 'model.bidirectional': task: {recipe.task} needs {need}")
+        if self.bidirectional:
+            recipe.model.overrides["bidirectional"] = True
         check_decoder_model(recipe, *self.row_tokens(recipe))
 
     def preflight(self, recipe: Recipe, run: RunDir, stages: list[str]) -> None:
@@ -127,6 +142,10 @@ class Objective:
 
     def val_bytes_per_token(self, recipe: Recipe, run: RunDir) -> float | None:
         """UTF-8 bytes per validation target token when known without decoding (for bits per byte)."""
+        return None
+
+    def folder_metadata(self, recipe: Recipe, tokenizer: Any) -> dict[str, Any] | None:
+        """What each checkpoint's config.json records under "slmkit" for the model's users (None: nothing)."""
         return None
 
     def chat_template(self, recipe: Recipe) -> str | None:

@@ -38,6 +38,8 @@ class Nl2CodeObjective(Objective):
         from slmkit.eval.tasks import RUN_VALIDATION
 
         code = recipe.code
+        if not code.language:
+            raise SlmError(f"recipe key 'code.language' is required for task: {self.name}; choose Bash, Python or CF")
         code.language = canonical_language(code.language)
         for key in ("utterance_len", "code_len"):
             if getattr(code, key) < 1:

@@ -42,7 +42,7 @@ def sample_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None) 
     from slmkit.train.checkpoint import read_trainer_state
 
     run = RunDir.of(run)
-    objective = get_objective(recipe.task)
+    objective = get_objective(recipe.task, recipe)
     prompts = objective.sample_prompts(recipe)
     ckpt = ckpt or run.require_checkpoint()
     cfg = recipe.sample
@@ -69,7 +69,7 @@ def samples_are_current(recipe: Any, run: str | Path | RunDir) -> bool:
     from slmkit.objectives import get_objective
 
     run = RunDir.of(run)
-    objective = get_objective(recipe.task)
+    objective = get_objective(recipe.task, recipe)
     try:
         prompts = objective.sample_prompts(recipe)
     except SlmError:

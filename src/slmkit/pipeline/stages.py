@@ -52,7 +52,7 @@ class Stage:
 def _objective(recipe: Recipe):
     from slmkit.objectives import get_objective
 
-    return get_objective(recipe.task)
+    return get_objective(recipe.task, recipe)
 
 
 def _tokenizer_current(recipe: Recipe, run: RunDir) -> bool:

@@ -93,7 +93,8 @@ def prune(run: str | Path | RunDir, keep_last: int) -> list[Path]:
 
 def save_checkpoint(run: str | Path | RunDir, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     parallel: str, env: DistEnv, trainer_state: dict[str, Any], keep_last: int,
-                    tokenizer_file: Path | None = None, chat_template: str | None = None) -> Path:
+                    tokenizer_file: Path | None = None, chat_template: str | None = None,
+                    metadata: dict[str, Any] | None = None) -> Path:
     """Write ckpt/step-NNNNNN atomically (every rank must call this), point `latest` at it, prune.
 
     The model part is an HF folder (rank 0, from the full state dict); the optimizer goes to
@@ -110,7 +111,7 @@ def save_checkpoint(run: str | Path | RunDir, step: int, *, model: nn.Module, op
     barrier(env)
     full_state = full_model_state_dict(model, parallel)  # collective under FSDP
     if env.is_main:
-        save_model_folder(model, tmp, tokenizer_file=tokenizer_file, chat_template=chat_template,
+        save_model_folder(model, tmp, tokenizer_file=tokenizer_file, chat_template=chat_template, metadata=metadata,
                           state_dict=full_state)
     del full_state
     if parallel == "fsdp":

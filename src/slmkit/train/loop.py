@@ -110,7 +110,7 @@ class _Trainer:
     def __init__(self, recipe, run: RunDir, settings, env: DistEnv, resume: bool, progress: bool,
                  prepare: Callable[[], None] | None = None) -> None:
         self.recipe, self.tc, self.rundir = recipe, recipe.train, run
-        self.objective = get_objective(recipe.task)
+        self.objective = get_objective(recipe.task, recipe)
         self.prepare = prepare
         self.settings, self.env, self.resume, self.show_progress = settings, env, resume, progress
         self.precision = resolve_precision(self.tc.precision, env.device)
@@ -158,6 +158,7 @@ class _Trainer:
         self.tokenizer = tokenizer
         self.bytes_per_token = self.objective.val_bytes_per_token(recipe, self.rundir)
         self.chat_template = self.objective.chat_template(recipe)
+        self.folder_metadata = self.objective.folder_metadata(recipe, tokenizer)
         if ckpt is not None:
             self._restore(ckpt)
         self.flops_per_token = self.objective.flops_per_token(self.model, recipe)
@@ -302,7 +303,7 @@ class _Trainer:
             self.rundir, self.progress.step, model=self.model, optimizer=self.optimizer,
             parallel=self.tc.parallel, env=self.env, trainer_state=self._trainer_state(stopped),
             keep_last=self.tc.keep_last, tokenizer_file=self.rundir.tokenizer,
-            chat_template=self.chat_template,
+            chat_template=self.chat_template, metadata=self.folder_metadata,
         )
         self.last_ckpt, self.saved_step = path, self.progress.step
         return path
@@ -383,7 +384,8 @@ class _Trainer:
                 if val["val_loss"] is not None:
                     self.log.log({"step": step, **val})
                     bpb = f", bpb {val['val_bpb']:.4f}" if val["val_bpb"] is not None else ""
-                    self.log.message(f"step {step}: val loss {val['val_loss']:.4f}{bpb}")
+                    bound = " (ELBO upper bound)" if self.objective.loss_is_bound else ""
+                    self.log.message(f"step {step}: val loss {val['val_loss']:.4f}{bpb}{bound}")
             if tc.eval_tasks and eval_due:
                 scores = self._evaluate_tasks()
                 self.log.log({"step": step, **scores})

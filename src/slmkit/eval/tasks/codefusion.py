@@ -39,9 +39,11 @@ class CandidateSettings:
     temperature: float = 0.8  # decoder sampling
     top_p: float | None = None
     seed: int = 0
-    steps: int | None = None  # CodeFusion options: None = the model's own
-    clamp: bool = False
+    steps: int | None = None  # diffusion options: None = the model's own
+    clamp: bool = False  # CodeFusion
     intermediate_every: int | None = None
+    length: int | None = None  # masked diffusion: answer positions (None = the trained length)
+    block_size: int | None = None  # masked diffusion: semi-autoregressive blocks
 
 
 def top_metrics(prefix: str = "", suffix: str = "") -> tuple[Metric, ...]:
@@ -118,7 +120,8 @@ class CandidateTask(Task):
         return [CandidateRequest(ar_prompt(doc["utterance"]), doc["utterance"], k=s.num_candidates, method=s.method,
                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                  seed=s.seed + s.num_candidates * doc["index"], steps=s.steps, clamp=s.clamp,
-                                 intermediate_every=s.intermediate_every)]
+                                 intermediate_every=s.intermediate_every, length=s.length,
+                                 block_size=s.block_size)]
 
     def judge(self, doc: dict, text: str) -> dict:
         """{"match": bool, ...} for one candidate."""
