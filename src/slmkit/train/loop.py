@@ -140,6 +140,8 @@ class _Trainer:
         if tc.activation_checkpointing:
             model.set_activation_checkpointing(True)
         self.model = model
+        if env.world_size > 1:  # same initial weights on every rank, then each its own noise / masks / dropout
+            seed_everything(tc.seed + 1 + env.rank)
 
     def _setup(self, ckpt: Path | None) -> None:
         tc, env, recipe = self.tc, self.env, self.recipe
