@@ -675,6 +675,17 @@ def test_eval_compare_with_steps_sweep(tmp_path, md_run, ar_run, capsys):
     assert results["model"]["kind"] == "masked-diffusion"
 
 
+def test_eval_diffusion_options_apply_to_the_compared_models_of_their_kind(md_run, ar_run, capsys):
+    """A decoder TARGET compared with a masked model: --steps/--length go to the masked model only."""
+    code, table, err = cli(capsys, "eval", ar_run, md_run, "--tasks", "codefusion-bash", "--limit", "2", "--compare",
+                           "--steps", "4", "--length", "12", "--no-progress")
+    assert code == 0, err[-2000:]
+    assert table.count("| codefusion-bash | top1 | 2 |") == 1
+    code, _, err = cli(capsys, "eval", ar_run, ar_run, "--tasks", "codefusion-bash", "--limit", "2", "--compare",
+                       "--length", "12")
+    assert code == 2 and "--length is a masked-diffusion option; no model given is one" in err
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "several TARGETs need --compare"),
     (["--compare", "--steps-sweep", "2,40"], "--steps must be in [1, --length=17]"),

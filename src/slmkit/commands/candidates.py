@@ -24,24 +24,29 @@ KIND_OPTIONS = {
 KIND_NAMES = {"codefusion": "a CodeFusion", "masked-diffusion": "a masked-diffusion", "decoder": "a decoder"}
 
 
-def check_kind_options(args: argparse.Namespace, folder: Path, kind: str) -> None:
-    """Options >= 1 where they are counts, and only for the model kinds they apply to (exit 2 otherwise)."""
-    for flag, (attr, kinds) in KIND_OPTIONS.items():
+def check_kind_options(args: argparse.Namespace, models: list[tuple[Path, str]]) -> None:
+    """Options >= 1 where they are counts, and each kind-specific option applying to at least one of the
+    (folder, kind) models (a comparison applies it to the models of its kind): exit 2 otherwise."""
+    kinds = {kind for _, kind in models}
+    folder, kind = models[0]
+    for flag, (attr, owners) in KIND_OPTIONS.items():
         value = getattr(args, attr, None)
         if value is None or value is False:
             continue
         if value is not True and value < 1:
             raise SlmError(f"{flag} must be >= 1, got {value}")
-        if kind not in kinds:
-            owners = " and ".join(KIND_NAMES[k].split(" ", 1)[1] for k in kinds)
-            raise SlmError(f"{flag} is a {owners} option; {folder} is {KIND_NAMES[kind]} checkpoint")
-    if kind != "decoder" and args.candidate_method == "beam":
+        if not kinds & set(owners):
+            names = " and ".join(KIND_NAMES[k].split(" ", 1)[1] for k in owners)
+            where = f"{folder} is {KIND_NAMES[kind]} checkpoint" if len(models) == 1 else "no model given is one"
+            raise SlmError(f"{flag} is a {names} option; {where}")
+    if args.candidate_method == "beam" and "decoder" not in kinds:
         raise SlmError(f"--candidate-method beam is for decoders; {folder} is {KIND_NAMES[kind]} checkpoint (its "
                        "candidates are independent draws)")
-    if kind == "masked-diffusion":
-        from slmkit.eval.masked_lm import masked_sampling_for
+    for folder, kind in models:
+        if kind == "masked-diffusion":
+            from slmkit.eval.masked_lm import masked_sampling_for
 
-        masked_sampling_for(folder, args.length, args.steps, args.block_size, args.temperature)
+            masked_sampling_for(folder, args.length, args.steps, args.block_size, args.temperature)
 
 
 def wants_candidates(args: argparse.Namespace, folder: Path) -> bool:
@@ -51,7 +56,7 @@ def wants_candidates(args: argparse.Namespace, folder: Path) -> bool:
     kind = check_model_folder(folder)
     if args.num_candidates is not None and not 1 <= args.num_candidates <= MAX_CANDIDATES:
         raise SlmError(f"--num-candidates must be in [1, {MAX_CANDIDATES}], got {args.num_candidates}")
-    check_kind_options(args, folder, kind)
+    check_kind_options(args, [(folder, kind)])
     return kind != "decoder" or args.num_candidates is not None
 
 

@@ -137,11 +137,9 @@ def evaluate_target(args: argparse.Namespace) -> tuple[dict, list[dict], list[di
     SamplingConfig(_temperature(args), None, args.top_p).validate()
     get_tasks(names, _generation_settings(args), args.limit)  # unknown task: exit 2 before loading anything
     folder = model_folder(args.target)
-    _check_candidate_options(args, folder)
     compare = [Path(p) for p in targets]
     folders = [folder, *(model_folder(str(other)) for other in compare if other.suffix != ".json")]
-    for other in folders[1:]:
-        _check_steps(args, other)
+    _check_candidate_options(args, folders)
     args.sweep = _sweep(args, folders)
     _check_backend(args, names, folders)
     if args.out:
@@ -228,13 +226,19 @@ def candidate_settings(args: argparse.Namespace, kind: str) -> CandidateSettings
         length=args.length if masked else None, block_size=args.block_size if masked else None)
 
 
-def _check_candidate_options(args: argparse.Namespace, folder: Path) -> None:
-    """--num-candidates etc. >= 1; diffusion options on a TARGET of another kind, beam on a diffusion one,
-    --steps above a CodeFusion model's T or a masked model's length: exit 2 before anything runs."""
-    from slmkit.commands.candidates import wants_candidates
+def _check_candidate_options(args: argparse.Namespace, folders: list[Path]) -> None:
+    """--num-candidates etc. >= 1; a diffusion option when no model given is of its kind, beam without a
+    decoder, --steps above a CodeFusion model's T or a masked model's length: exit 2 before anything runs.
+    (In a comparison each option applies to the models of its kind; the others ignore it.)"""
+    from slmkit.commands.candidates import MAX_CANDIDATES, check_kind_options
+    from slmkit.errors import SlmError
+    from slmkit.interop.folder import check_model_folder
 
-    wants_candidates(args, folder)
-    _check_steps(args, folder)
+    if args.num_candidates is not None and not 1 <= args.num_candidates <= MAX_CANDIDATES:
+        raise SlmError(f"--num-candidates must be in [1, {MAX_CANDIDATES}], got {args.num_candidates}")
+    check_kind_options(args, [(f, check_model_folder(f)) for f in folders])
+    for folder in folders:
+        _check_steps(args, folder)
 
 
 def _check_steps(args: argparse.Namespace, folder: Path, steps: int | None = None) -> None:
