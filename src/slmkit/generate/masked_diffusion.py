@@ -6,7 +6,8 @@ steps left)` most confident predictions are committed and the rest stay masked. 
 < length the answer is filled block by block, left to right (semi-autoregressive), the steps split
 evenly across blocks. With temperature > 0 a prediction is a draw from softmax(logits / T) (the
 distribution Gumbel-max sampling gives, drawn by inverting the CDF: one uniform per position rather
-than Gumbel noise for every vocabulary entry), else the argmax; its confidence is its probability under softmax(logits).
+than Gumbel noise for every vocabulary entry), else the argmax; its confidence is its probability
+under softmax(logits).
 A draw stops once an end-of-text token is committed and everything before it is committed.
 
 Written by hand: no library ships a sampler for a bidirectional denoiser over our decoders.
