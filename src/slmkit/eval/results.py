@@ -94,7 +94,10 @@ def sweep_plot_png(runs: list[dict]) -> bytes | None:
             if points:
                 ax.plot([p["steps"] for p in points], [p["top5"] for p in points], "o-", markersize=4,
                         label=run.get("model", {}).get("name", "model"))
+        steps = sorted({p["steps"] for run in runs for p in (run.get("steps_sweep") or {}).get(task, [])})
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(s) for s in steps])  # the swept counts, written plainly
+        ax.minorticks_off()
         ax.set_xlabel("sampling steps")
         ax.set_ylabel("top-5")
         ax.set_title(task)
