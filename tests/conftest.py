@@ -20,3 +20,13 @@ def datasets():
     if not path.is_dir():
         pytest.fail(f"shared datasets not found at {path}; set SLMKIT_DATASETS")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much when other work holds the cores.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

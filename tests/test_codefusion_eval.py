@@ -24,13 +24,7 @@ from slmkit.eval.tasks import CandidateSettings, get_tasks
 T = 20  # diffusion steps of the tiny CodeFusion folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models gain nothing from a second thread, and lose much when other work holds the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedCandidates(LanguageModel):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -135,19 +134,9 @@ def test_both_stages_train_and_record_flops(cf_run):
 
 
 def test_codefusion_resume_after_sigkill_is_exact(tmp_path, cf_run):
-    recipe = write(tmp_path, TINY_CF)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    (killed / "tokenizer.json").write_bytes((cf_run / "tokenizer.json").read_bytes())
-    env = subprocess_env(SLMKIT_FAULT_KILL_AT_STEP="6")
-    crash = subprocess.run([sys.executable, "-m", "slmkit.cli", "train", str(recipe), "--out", str(killed),
-                            "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
-    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
-    assert RunDir(killed).latest_checkpoint().name == "step-000004"  # killed in stage 2, resumes there
-    assert summary(slm("train", str(recipe), "--out", str(killed), "--no-progress"))["steps"] == 8
-    a, b = weights(RunDir(cf_run).latest_checkpoint()), weights(RunDir(killed).latest_checkpoint())
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert train_losses(cf_run) == train_losses(killed)
+    from train_utils import assert_resume_after_sigkill_is_exact
+
+    assert_resume_after_sigkill_is_exact(write(tmp_path, TINY_CF), cf_run, tmp_path)  # killed in stage 2
 
 
 @pytest.mark.slow

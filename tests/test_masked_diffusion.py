@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from test_codefusion_train import TINY_CF, slm, write
 from torch import nn
-from train_utils import REPO, TINY_RECIPE, subprocess_env, summary, train_losses, weights
+from train_utils import REPO, TINY_RECIPE, summary, train_losses, weights
 
 from slmkit.cli import main
 from slmkit.config import load_recipe
@@ -45,13 +42,7 @@ MASK = V - 1
 EOS = 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread (and the machine's cores may be busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(bidirectional: bool = True, seed: int = 0, init_std: float = 0.02, max_seq_len: int = 32) -> nn.Module:
@@ -508,16 +499,20 @@ def test_checkpoint_records_masked_diffusion(md_run):
     assert check_model_folder(ckpt) == "masked-diffusion"
 
 
-def test_checkpoint_loads_as_a_bidirectional_model(md_run):
-    from slmkit.train.checkpoint import load_model_from_checkpoint
-
-    ckpt = RunDir(md_run).latest_checkpoint()
-    model = load_model_from_checkpoint(ckpt)
+def assert_bidirectional_copy(model: nn.Module, ckpt: Path) -> None:
+    """`model` holds the checkpoint's weights and attends both ways (a later token changes earlier logits)."""
     assert model.config.bidirectional and not any(block.attn.causal for block in model.layers)
     saved = weights(ckpt)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
     a, b = last_token_changed(model.eval())
     assert (a - b).abs().amax() > 0
+
+
+def test_checkpoint_loads_as_a_bidirectional_model(md_run):
+    from slmkit.train.checkpoint import load_model_from_checkpoint
+
+    ckpt = RunDir(md_run).latest_checkpoint()
+    assert_bidirectional_copy(load_model_from_checkpoint(ckpt), ckpt)
 
 
 def test_training_is_finite_and_eval_stage_scores_codefusion_bash(md_run):
@@ -561,19 +556,9 @@ def test_loader_rows_on_real_data(md_run):
 
 
 def test_masked_resume_after_sigkill_is_exact(tmp_path, md_run):
-    recipe = write(tmp_path, TINY_MD)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    (killed / "tokenizer.json").write_bytes((md_run / "tokenizer.json").read_bytes())
-    env = subprocess_env(SLMKIT_FAULT_KILL_AT_STEP="6")
-    crash = subprocess.run([sys.executable, "-m", "slmkit.cli", "train", str(recipe), "--out", str(killed),
-                            "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
-    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
-    assert RunDir(killed).latest_checkpoint().name == "step-000004"
-    assert summary(slm("train", str(recipe), "--out", str(killed), "--no-progress"))["steps"] == 8
-    a, b = weights(RunDir(md_run).latest_checkpoint()), weights(RunDir(killed).latest_checkpoint())
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert train_losses(md_run) == train_losses(killed)
+    from train_utils import assert_resume_after_sigkill_is_exact
+
+    assert_resume_after_sigkill_is_exact(write(tmp_path, TINY_MD), md_run, tmp_path)  # killed in stage 2
 
 
 def test_init_from_a_causal_checkpoint_becomes_bidirectional(md_run, ar_run):
@@ -581,12 +566,7 @@ def test_init_from_a_causal_checkpoint_becomes_bidirectional(md_run, ar_run):
 
     ar_ckpt = RunDir(ar_run).latest_checkpoint()
     recipe = load_recipe(write(md_run.parent, TINY_MD), [f"train.init_from={ar_ckpt}"])
-    model = get_objective(recipe.task, recipe).build_model(recipe, load_tokenizer(ar_ckpt))
-    assert model.config.bidirectional and not any(block.attn.causal for block in model.layers)
-    saved = weights(ar_ckpt)
-    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
-    a, b = last_token_changed(model.eval())
-    assert (a - b).abs().amax() > 0
+    assert_bidirectional_copy(get_objective(recipe.task, recipe).build_model(recipe, load_tokenizer(ar_ckpt)), ar_ckpt)
 
 
 def test_masked_lm_interface(md_run):

@@ -114,3 +114,29 @@ def shared_base(tmp_path_factory) -> Path:
     if not (base / "data" / "manifest.json").is_file():
         prepare_base(base)
     return base
+
+
+def assert_resume_after_sigkill_is_exact(recipe: Path, reference_run: Path, tmp_path: Path, kill_at: int = 6,
+                                         resumes_from: str = "step-000004", steps: int = 8) -> None:
+    """Train `recipe` into a new run (the reference run's tokenizer), SIGKILL it at step `kill_at`, train
+    again: it resumes from `resumes_from` and ends with the reference run's weights and loss curve."""
+    import signal
+
+    import torch
+
+    from slmkit.pipeline.rundir import RunDir
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "tokenizer.json").write_bytes((reference_run / "tokenizer.json").read_bytes())
+    env = subprocess_env(SLMKIT_FAULT_KILL_AT_STEP=str(kill_at))
+    crash = subprocess.run([sys.executable, "-m", "slmkit.cli", "train", str(recipe), "--out", str(killed),
+                            "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    assert RunDir(killed).latest_checkpoint().name == resumes_from
+    again = subprocess.run([sys.executable, "-m", "slmkit.cli", "train", str(recipe), "--out", str(killed),
+                            "--no-progress"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert summary(again)["steps"] == steps
+    a, b = weights(RunDir(reference_run).latest_checkpoint()), weights(RunDir(killed).latest_checkpoint())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_losses(reference_run) == train_losses(killed)
