@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one table, the first TARGET's results in --out.",
     )
     parser.add_argument("target", metavar="TARGET", help="checkpoint / HF model folder, or a run folder")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="run's eval stage only: override eval.* keys of the run's recipe.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE|TARGET",
+                        help="run's eval stage: override eval.* keys of the run's recipe.yaml; with --tasks and "
+                        "--compare: more models to score in the same table")
     parser.add_argument("--tasks", metavar="LIST", help="comma-separated task names, e.g. arc_easy,piqa,mmlu")
     parser.add_argument("--limit", type=int, metavar="N", help="first N documents per task (mmlu: per subject)")
     parser.add_argument("--num-fewshot", type=int, metavar="K", help="examples in each prompt (default: each task's)")
