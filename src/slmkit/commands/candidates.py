@@ -24,9 +24,10 @@ KIND_OPTIONS = {
 KIND_NAMES = {"codefusion": "a CodeFusion", "masked-diffusion": "a masked-diffusion", "decoder": "a decoder"}
 
 
-def check_kind_options(args: argparse.Namespace, models: list[tuple[Path, str]]) -> None:
+def check_kind_options(args: argparse.Namespace, models: list[tuple[Path, str]], sampling: bool = True) -> None:
     """Options >= 1 where they are counts, and each kind-specific option applying to at least one of the
-    (folder, kind) models (a comparison applies it to the models of its kind): exit 2 otherwise."""
+    (folder, kind) models (a comparison applies it to the models of its kind): exit 2 otherwise. With
+    `sampling`, also a masked model's --length/--steps/--block-size against its context."""
     kinds = {kind for _, kind in models}
     folder, kind = models[0]
     for flag, (attr, owners) in KIND_OPTIONS.items():
@@ -43,7 +44,7 @@ def check_kind_options(args: argparse.Namespace, models: list[tuple[Path, str]])
         raise SlmError(f"--candidate-method beam is for decoders; {folder} is {KIND_NAMES[kind]} checkpoint (its "
                        "candidates are independent draws)")
     for folder, kind in models:
-        if kind == "masked-diffusion":
+        if sampling and kind == "masked-diffusion":
             from slmkit.eval.masked_lm import masked_sampling_for
 
             masked_sampling_for(folder, args.length, args.steps, args.block_size, args.temperature)

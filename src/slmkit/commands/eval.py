@@ -237,9 +237,9 @@ def _check_candidate_options(args: argparse.Namespace, folders: list[Path]) -> N
 
     if args.num_candidates is not None and not 1 <= args.num_candidates <= MAX_CANDIDATES:
         raise SlmError(f"--num-candidates must be in [1, {MAX_CANDIDATES}], got {args.num_candidates}")
-    check_kind_options(args, [(f, check_model_folder(f)) for f in folders])
+    check_kind_options(args, [(f, check_model_folder(f)) for f in folders], sampling=False)
     for folder in folders:
-        _check_steps(args, folder)
+        _check_steps(args, folder)  # the sampling options against each diffusion model
 
 
 def _check_steps(args: argparse.Namespace, folder: Path, steps: int | None = None) -> None:
