@@ -141,7 +141,7 @@ def evaluate_target(args: argparse.Namespace) -> tuple[dict, list[dict], list[di
     compare = [Path(p) for p in targets]
     folders = [folder, *(model_folder(str(other)) for other in compare if other.suffix != ".json")]
     _check_candidate_options(args, folders)
-    args.sweep = _sweep(args, folders)
+    args.sweep = _sweep(args, names, folders)
     _check_backend(args, names, folders)
     if args.out:
         check_writable(Path(args.out), args.force)
@@ -171,7 +171,7 @@ def _targets(args: argparse.Namespace) -> list[str]:
     return [*extra, *(args.compare or [])]
 
 
-def _sweep(args: argparse.Namespace, folders: list[Path]) -> list[int]:
+def _sweep(args: argparse.Namespace, names: list[str], folders: list[Path]) -> list[int]:
     """The --steps-sweep step counts, checked against every diffusion model given (exit 2 early)."""
     from slmkit.errors import SlmError
 
@@ -183,18 +183,12 @@ def _sweep(args: argparse.Namespace, folders: list[Path]) -> list[int]:
         raise SlmError(f"--steps-sweep must be a comma-separated list of integers, got {args.steps_sweep!r}") from None
     if not steps or steps[0] < 1:
         raise SlmError(f"--steps-sweep needs step counts >= 1, got {args.steps_sweep!r}")
-    if not any(n.startswith(CODEFUSION_PREFIX) for n in parse_names(args.tasks)):
+    if not any(n.startswith(CODEFUSION_PREFIX) for n in names):
         raise SlmError("--steps-sweep applies to the codefusion-* tasks; add one to --tasks")
     for folder in folders:
         for value in steps:
             _check_steps(args, folder, value)
     return steps
-
-
-def parse_names(tasks: str) -> list[str]:
-    from slmkit.eval.tasks import parse_task_list
-
-    return parse_task_list(tasks)
 
 
 def _temperature(args: argparse.Namespace) -> float:
@@ -349,15 +343,13 @@ def _steps_sweep(args: argparse.Namespace, lm: Any, candidates: CandidateSetting
     code_tasks = [n for n in names if n.startswith(CODEFUSION_PREFIX)]
     sweep: dict[str, list[dict]] = {n: [] for n in code_tasks}
     for steps in args.sweep:
-        settings = dataclasses.replace(candidates, steps=steps, intermediate_every=None)
-        lm.steps = steps
+        settings = dataclasses.replace(candidates, steps=steps, intermediate_every=None)  # each request's steps
         print(f"{lm.name}: --steps-sweep {steps}", file=sys.stderr)
         results, _ = evaluate(lm, get_tasks(code_tasks, _generation_settings(args), args.limit, settings), options)
         for name in code_tasks:
             entry = results["tasks"][name]
             sweep[name].append({"steps": steps, **{k: entry["metrics"][k]["value"] for k in ("top1", "top3", "top5")},
                                 "seconds_per_query": entry.get("seconds_per_query")})
-    lm.steps = candidates.steps
     return sweep
 
 
