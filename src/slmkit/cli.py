@@ -11,7 +11,8 @@ from slmkit import __version__
 from slmkit.errors import BrokenInstallError, SlmError
 
 # Verbs that are not pipeline stages; the stage verbs come from the stage registry.
-TOOL_COMMANDS = ("slmkit.commands.run", "slmkit.commands.model", "slmkit.commands.generate", "slmkit.commands.import_")
+TOOL_COMMANDS = ("slmkit.commands.run", "slmkit.commands.model", "slmkit.commands.generate", "slmkit.commands.import_",
+                 "slmkit.commands.export")
 
 
 def command_modules() -> list[str]:

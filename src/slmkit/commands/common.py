@@ -87,3 +87,11 @@ def run_and_checkpoint(args: argparse.Namespace, verb: str) -> Iterator[tuple[Re
                        "as eval.* and sample.*); train a new run with `slm train RECIPE --out DIR` instead")
     with run.writing(f"slm {verb}"):
         yield recipe, run, ckpt or run.require_checkpoint()
+
+
+def human_bytes(n: int) -> str:
+    """'1.25 GiB', '3.40 MiB', '12.00 KiB' or '512 B'."""
+    for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {suffix}"
+    return f"{n} B"

@@ -306,7 +306,23 @@ def tokenizer_from_gguf(path: str | Path, meta: dict[str, Any], source: str = ""
         backend, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise SlmError(f"{source}: tokenizer {kind!r} cannot be converted ({type(exc).__name__}: {exc})") from None
+    if kind == "gpt2":
+        _match_llama_cpp_pre_tokenizer(backend, meta.get("tokenizer.ggml.pre"))
     return backend
+
+
+def _match_llama_cpp_pre_tokenizer(tok: Any, pre: Any) -> None:
+    """Split text as llama.cpp does for the file's `tokenizer.ggml.pre`.
+
+    transformers' converter gives every byte-level BPE file the plain GPT-2 split, but llama.cpp splits
+    e.g. SmolLM2's "smollm" digit by digit first: a number would tokenize differently here than in
+    llama.cpp (and than in the model's training). Names outside our table keep the converter's split.
+    """
+    from slmkit.interop.gguf_vocab import hf_pre_tokenizer
+
+    pre_tokenizer = hf_pre_tokenizer(pre) if isinstance(pre, str) else None
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
 
 
 def _token_ids(meta: dict[str, Any], tokens: list[str]) -> dict[str, int]:
