@@ -323,6 +323,12 @@ class DecoderLM(LanguageModel):
             from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging
 
+            from slmkit.interop.folder import read_config_json
+            from slmkit.interop.quantized_folder import quantization_spec
+
+            if quantization_spec(read_config_json(self.folder)) is not None:
+                raise SlmError(f"{self.folder}: beam search runs transformers, which cannot load a quantized "
+                               "folder; use --candidate-method sample")
             hf_logging.disable_progress_bar()
             try:
                 self._hf_model = AutoModelForCausalLM.from_pretrained(self.folder).to(self.device).eval()

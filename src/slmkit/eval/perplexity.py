@@ -62,8 +62,13 @@ def eval_settings(recipe: Any) -> dict[str, int]:
     }
 
 
-def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None, progress: bool = True) -> dict:
-    """Evaluate `ckpt` (default: the latest checkpoint) on the val split, write RUN/eval/val.json, return it."""
+def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None, progress: bool = True,
+                 model: Any = None, write: bool = True) -> dict:
+    """Evaluate `ckpt` (default: the latest checkpoint) on the val split, write RUN/eval/val.json, return it.
+
+    `model`: score this model instead of loading `ckpt` (e.g. its quantized copy; `ckpt` still names the
+    step and tokenizer); `write=False` leaves val.json alone.
+    """
     import torch
 
     from slmkit.device import resolve_device
@@ -81,7 +86,7 @@ def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None
     max_batches = settings["max_batches"]
     start = time.perf_counter()
     device = resolve_device(recipe.eval.device or recipe.train.device, where="recipe key 'eval.device'")
-    model = load_hf_folder(ckpt, device=device)
+    model = load_hf_folder(ckpt, device=device) if model is None else model
     tokenizer = load_tokenizer(ckpt)
     vocab = model.config.vocab_size
     batches = objective.eval_batches(recipe, run, tokenizer, settings["batch_size"], max_batches)
@@ -113,7 +118,8 @@ def evaluate_run(recipe: Any, run: str | Path | RunDir, ckpt: Path | None = None
                     "tokens": int(counter.counts.sum())},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    atomic_write_json(run.val_results, report)
+    if write:
+        atomic_write_json(run.val_results, report)
     return report
 
 

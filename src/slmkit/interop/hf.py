@@ -438,9 +438,13 @@ def load_hf_folder(
     dtype None keeps fp32 (the safe default for CPU); weights are cast on load.
     """
 
+    from slmkit.interop.quantized_folder import load_quantized_decoder, quantization_spec
     from slmkit.models.decoder import Decoder
 
     folder = Path(folder)
+    config = read_config_json(folder)
+    if quantization_spec(config) is not None:  # `slm quantize` output: our names, int8/int4 layers
+        return load_quantized_decoder(folder, config, device=device, dtype=dtype)
     cfg = read_hf_config(folder)
     state = state_dict_from_hf(_read_weights(folder), cfg, source=str(folder))
     model = materialize(lambda: Decoder(cfg), state, folder, device, dtype)
