@@ -137,6 +137,17 @@ def test_refusals_write_nothing(run, tmp_path, capsys):
     assert slm("quantize", ckpt, "--bits", "8", "--no-eval", "--out", tmp_path / "q8") == 0
     assert "already quantized" in refused("quantize", tmp_path / "q8", "--bits", "4", "--out", tmp_path / "b")
     assert "quantized checkpoint" in refused("export", tmp_path / "q8", "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert "quantized checkpoint" in refused("run", TINY, "--out", tmp_path / "ft", f"train.init_from={tmp_path / 'q8'}")
+
+
+def test_quantized_folder_counts_its_parameters_and_transformers_refuses_it(run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "q4"
+    assert slm("quantize", run.root, "--bits", "4", "--no-eval", "--out", out) == 0
+    assert load_hf_folder(out).num_params() == load_hf_folder(run.latest_checkpoint()).num_params()
+    with pytest.raises((ValueError, KeyError, OSError)):
+        AutoModelForCausalLM.from_pretrained(out)
 
 
 # ---------------------------------------------------------------------------- SmolLM2-135M-Instruct

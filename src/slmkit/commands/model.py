@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slmkit.commands.common import human_bytes
 from slmkit.errors import SlmError
 
 
@@ -115,7 +116,8 @@ def format_codefusion(name: str, s: dict[str, Any]) -> str:
         f"  FLOPs/example fwd  {_human(s['flops_per_example_forward'], 'FLOP')}  (utterance {s['utterance_len']} tokens,"
         f" one denoiser + decoder pass)",
         f"  FLOPs/example train {_human(s['flops_per_example_training'], 'FLOP')}  (3x forward)",
-        f"  memory (fp32)      weights {_gib(4 * s['params'])}, training {_gib(16 * s['params'])} (weights, grads, Adam)",
+        f"  memory (fp32)      weights {human_bytes(4 * s['params'])}, "
+        f"training {human_bytes(16 * s['params'])} (weights, grads, Adam)",
     ])
 
 
@@ -126,11 +128,6 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
-def _gib(n: int) -> str:
-    for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {suffix}"
-    return f"{n} B"
 
 
 def format_summary(name: str, s: dict[str, Any]) -> str:
@@ -151,9 +148,9 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     ]
     for dtype in ("fp32", "bf16"):
         m = s["memory"][dtype]
-        cols = [_gib(m[k]) for k in ("weights", "grads", "adam_states", "master_weights", "total_training")]
+        cols = [human_bytes(m[k]) for k in ("weights", "grads", "adam_states", "master_weights", "total_training")]
         lines.append(f"    {dtype:<16} " + " ".join(f"{col:<12}" for col in cols))
     if not c.get("bidirectional"):  # a masked-diffusion model re-reads the sequence each step: no KV cache
-        lines.append(f"  KV cache/token     fp32 {_gib(s['memory']['fp32']['kv_cache_per_token'])}, "
-                     f"bf16 {_gib(s['memory']['bf16']['kv_cache_per_token'])}")
+        lines.append(f"  KV cache/token     fp32 {human_bytes(s['memory']['fp32']['kv_cache_per_token'])}, "
+                     f"bf16 {human_bytes(s['memory']['bf16']['kv_cache_per_token'])}")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmkit.errors import SlmError, check_choice
+from slmkit.pipeline.rundir import TOKENIZER_FILE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +41,7 @@ DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q8_0", "
 GGUF_ARCH = {"llama": "llama", "phi": "phi2"}
 QK = 32  # values per GGML Q8_0 / Q4_0 block
 # Files of a decoder folder that an HF export carries over unchanged (the weights are rewritten).
-HF_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+HF_FILES = ("generation_config.json", TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 
 # HF parameter names (without .weight / .bias) -> llama.cpp tensor names, per family.
 _TOP = {
@@ -221,7 +222,7 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
     from slmkit.interop.gguf_vocab import vocab_from_tokenizer, write_vocab
     from slmkit.interop.hf import load_hf_folder, state_dict_to_hf
     from slmkit.progress import progress_iter
-    from slmkit.tokenizer import TOKENIZER_FILE, load_tokenizer
+    from slmkit.tokenizer import load_tokenizer
 
     folder, out = Path(folder), Path(out)
     check_format_dtype("gguf", dtype)
@@ -286,7 +287,6 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
 def export_hf(folder: str | Path, out: str | Path, dtype: str = "f32", force: bool = False) -> dict[str, Any]:
     """Write the decoder checkpoint `folder` as a clean HF folder `out` in `dtype`; returns a summary."""
     import torch
-
     from safetensors.torch import save_file
 
     from slmkit.fileio import atomic_dir, atomic_write_json, new_file_mode

@@ -9,7 +9,8 @@
 
 Such a folder loads through `load_hf_folder` / `load_model_folder` like any checkpoint (so `slm generate`,
 `slm eval` and the server take it), but not in transformers, whose quantization formats do not carry
-these group-wise int4/int8 layouts for our fused layers.
+these group-wise int4/int8 layouts for our fused layers: config.json's model_type is
+"slmkit-quantized", which transformers refuses with a clear error.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import torch
 from torch import nn
 
 from slmkit.errors import SlmError
+from slmkit.pipeline.rundir import TOKENIZER_FILE
 
 METHOD = "slmkit-weight-only"
+MODEL_TYPE = "slmkit-quantized"
 REPORT_FILE = "quantization.json"
-COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COPIED = ("generation_config.json", TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 
 
 def quantization_spec(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -64,7 +67,9 @@ def save_quantized_folder(model: nn.Module, source: Path, out: Path, config: dic
     os.chmod(out / "model.safetensors", new_file_mode())
     slm = dict(config.get("slmkit") or {})
     slm["quantization"] = {**spec, "method": METHOD}
-    atomic_write_json(out / "config.json", {**config, "slmkit": slm})
+    # An unknown model_type makes transformers refuse the folder instead of loading random weights
+    # (our loader reads the family from "architectures").
+    atomic_write_json(out / "config.json", {**config, "model_type": MODEL_TYPE, "slmkit": slm})
     for name in COPIED:
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)

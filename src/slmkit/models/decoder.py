@@ -94,8 +94,14 @@ class Decoder(nn.Module):
         self.activation_checkpointing = enabled
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights counted once); non_embedding drops the token embedding."""
+        """Parameter count (tied weights counted once); non_embedding drops the token embedding.
+
+        Layers that keep their weight outside parameters (quantized ones) report it as `weight_count`;
+        a quantized copy of a tied output head is not counted again.
+        """
         n = sum(p.numel() for p in self.parameters())
+        n += sum(getattr(m, "weight_count", 0) for name, m in self.named_modules()
+                 if not (name == "lm_head" and self.config.tie_embeddings))
         return n - self.embed.weight.numel() if non_embedding else n
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

@@ -99,6 +99,11 @@ class QuantizedLinear(nn.Module):
             module.bias.data.copy_(linear.bias.detach().float())
         return module
 
+    @property
+    def weight_count(self) -> int:
+        """Weights this layer stands for (they are buffers here, not parameters)."""
+        return self.in_features * self.out_features
+
     def extra_repr(self) -> str:
         group = self.group_size or "channel"
         return (f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={group}, "

@@ -66,7 +66,13 @@ class Objective:
                     f"recipe key 'train.init_from': {recipe.train.init_from} does not exist; train that run "
                     "first or set train.init_from=PATH to a checkpoint folder"
                 )
-            resolve_checkpoint(recipe.train.init_from)
+            start = resolve_checkpoint(recipe.train.init_from)
+            from slmkit.interop.folder import read_config_json
+            from slmkit.interop.quantized_folder import quantization_spec
+
+            if quantization_spec(read_config_json(start)) is not None:
+                raise SlmError(f"recipe key 'train.init_from': {start} is a quantized checkpoint (slm quantize), "
+                               "which cannot be trained; start from the checkpoint it was made from")
 
     # ------------------------------------------------------------------ tokenizer stage
 
