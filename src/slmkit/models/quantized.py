@@ -16,8 +16,11 @@ needs bf16 models. Elsewhere (CUDA, group-wise int8, which no torch kernel takes
 dequantizes and runs F.linear, in the input's dtype.
 
 Written by hand because of the above: no library offers these kernels behind a module on this torch
-and CPU. Storage (safetensors) is portable: int8 values as int8, int4 values two per byte (uint8);
-the kernel layouts are built from them on first use.
+and CPU. Storage (safetensors) is portable: int8 values as int8, int4 values two per byte (uint8),
+scales and zeros in bf16 (the kernels' own dtype; the integers are rounded against those values);
+the kernel layouts are built from them on first use. At batch 1 each extra op costs about as much
+as a small product, so `forward` does the kernel call, the input/output casts and (asymmetric int8)
+one fused `sum(x) * z`, nothing else.
 """
 
 from __future__ import annotations
@@ -33,22 +36,32 @@ GROUP_SIZES = (32, 64, 128)
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 
 
+def _bf16_at_least(x: Tensor) -> Tensor:
+    """bf16 values >= x (x > 0): the kernels take bf16 scales, so the grid is built on those."""
+    return (x * (1 + 2**-7)).to(torch.bfloat16)
+
+
 def quantize_weight(weight: Tensor, bits: int, group_size: int | None, symmetric: bool
                     ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(q int8 [N, K] in [-2^(b-1), 2^(b-1)-1], scales fp32 [N, G], zeros fp32 [N, G] or None)."""
+    """(q int8 [N, K] in [-2^(b-1), 2^(b-1)-1], scales bf16 [N, G], zeros bf16 [N, G] or None).
+
+    Scales and zeros are bf16, the dtype torch's kernels compute with, and q is rounded against those
+    very values: what the kernel multiplies is exactly what `dequantized` returns.
+    """
     n, k = weight.shape
     group = group_size or k
     w = weight.detach().float().reshape(n, k // group, group)
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if symmetric:
-        scales = (w.abs().amax(-1, keepdim=True) / high).clamp(min=1e-12)
-        q = torch.round(w / scales).clamp(low, high)
+        scales = _bf16_at_least((w.abs().amax(-1, keepdim=True) / high).clamp(min=1e-12))
+        q = torch.round(w / scales.float()).clamp(low, high)
         zeros = None
     else:
         w_min, w_max = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scales = ((w_max - w_min) / (2**bits - 1)).clamp(min=1e-12)
-        q = torch.round((w - w_min) / scales).clamp(0, 2**bits - 1) + low
-        zeros = (w_min - low * scales).squeeze(-1)
+        scales = _bf16_at_least(((w_max - w_min) / (2**bits - 1)).clamp(min=1e-12))
+        zeros = (w_min - low * scales.float()).to(torch.bfloat16)
+        q = torch.round((w - zeros.float()) / scales.float()).clamp(low, high)
+        zeros = zeros.squeeze(-1)
     return q.to(torch.int8).reshape(n, k), scales.squeeze(-1), zeros
 
 
@@ -81,8 +94,10 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, width, device=device,
                                                     dtype=torch.int8 if bits == 8 else torch.uint8))
         groups = in_features // group
-        self.register_buffer("scales", torch.ones(out_features, groups, device=device))
-        self.register_buffer("zeros", None if symmetric else torch.zeros(out_features, groups, device=device))
+        bf16 = torch.bfloat16
+        self.register_buffer("scales", torch.ones(out_features, groups, device=device, dtype=bf16))
+        self.register_buffer("zeros", None if symmetric else torch.zeros(out_features, groups, device=device,
+                                                                            dtype=bf16))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
         self._kernel: tuple | None = None  # (key, kernel tensors) built on first CPU use
 
@@ -96,7 +111,7 @@ class QuantizedLinear(nn.Module):
         if zeros is not None:
             module.zeros.copy_(zeros)
         if linear.bias is not None:
-            module.bias.data.copy_(linear.bias.detach().float())
+            module.bias.data.copy_(linear.bias.detach())
         return module
 
     @property
@@ -135,22 +150,19 @@ class QuantizedLinear(nn.Module):
 
     def _kernel_tensors(self) -> tuple:
         tensors = [t for t in (self.qweight, self.scales, self.zeros) if t is not None]
-        key = tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
+        key = tuple((t.data_ptr(), t.dtype, None if t.is_inference() else t._version) for t in tensors)
         if self._kernel is None or self._kernel[0] != key:
+            scales = self.scales.to(torch.bfloat16)
+            zeros = None if self.zeros is None else self.zeros.to(torch.bfloat16)
             if self.bits == 8:
-                # The kernel rounds its scales to bf16 (up to 0.4% off a row): it gets ones, and the fp32
-                # scales multiply its output instead (same speed, half the error).
-                ones = torch.ones(self.out_features, dtype=torch.bfloat16, device=self.qweight.device)
-                zeros = None if self.zeros is None else self.zeros[:, 0].float()
-                kernel = (self.qweight, ones, self.scales[:, 0].float(), zeros)
+                kernel = (self.qweight, scales[:, 0].contiguous(), None if zeros is None else zeros[:, 0])
             else:
-                # tinygemm packs rows in 16s: pad the output rows with zeros, slice them off after.
+                # tinygemm packs rows in 16s: pad the output rows, slice them off after.
                 pad = -self.out_features % 16
                 unsigned = F.pad(unpack_int4(self.qweight).to(torch.int32) + 8, (0, 0, 0, pad), value=8)
                 packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unsigned.contiguous(), 1)
-                scales = F.pad(self.scales.to(torch.bfloat16), (0, 0, 0, pad), value=1.0)
-                zeros = torch.zeros_like(scales) if self.zeros is None else F.pad(self.zeros.to(torch.bfloat16),
-                                                                                  (0, 0, 0, pad))
+                scales = F.pad(scales, (0, 0, 0, pad), value=1.0)
+                zeros = torch.zeros_like(scales) if zeros is None else F.pad(zeros, (0, 0, 0, pad))
                 kernel = (packed, torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous())
             self._kernel = (key, kernel)
         return self._kernel[1]
@@ -159,18 +171,20 @@ class QuantizedLinear(nn.Module):
         kernel = self.kernel_name(x.device)
         if kernel == "dequantize":
             return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        flat = x.reshape(-1, self.in_features)
+        # Few ops on purpose: at batch 1 each costs as much as a small matrix product.
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if kernel == "int8-cpu":
-            weight, ones, scales, zeros = self._kernel_tensors()
-            out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), weight, ones).float() * scales
-            if zeros is not None:
-                out = out + flat.float().sum(-1, keepdim=True) * zeros
+            weight, scales, zeros = self._kernel_tensors()
+            out = torch.ops.aten._weight_int8pack_mm(flat, weight, scales)
+            if zeros is not None:  # sum_k x_k (q_k s + z) = (x . q) s + z sum(x)
+                out.addcmul_(flat.sum(-1, keepdim=True, dtype=torch.float32).to(torch.bfloat16), zeros)
         else:
             packed, scales_and_zeros = self._kernel_tensors()
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), packed, self.group_size,
-                                                             scales_and_zeros).float()[:, : self.out_features]
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, scales_and_zeros)
+            if out.shape[-1] != self.out_features:
+                out = out[:, : self.out_features]
         if self.bias is not None:
-            out = out + self.bias.float()
+            out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
