@@ -430,3 +430,18 @@ def test_unexportable_tokenizer_is_refused_before_writing(checkpoints, tmp_path,
     (folder / "tokenizer.json").write_text(json.dumps(data))
     assert "normalizer" in refused(capsys, "export", folder, "--format", "gguf", "--out", tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_nan_weights_are_refused(checkpoints, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoints["llama"], folder)
+    state = load_file(folder / "model.safetensors")
+    state["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(state, folder / "model.safetensors")
+    err = refused(capsys, "export", folder, "--format", "gguf", "--out", tmp_path / "m.gguf")
+    assert "model.layers.1.mlp.down_proj.weight" in err and "NaN" in err
+    assert not (tmp_path / "m.gguf").exists()

@@ -144,6 +144,21 @@ def test_refusals_write_nothing(run, tmp_path, capsys):
     assert "quantized checkpoint" in refused("run", TINY, "--out", tmp_path / "ft", f"train.init_from={tmp_path / 'q8'}")
 
 
+def test_nan_weights_are_refused(run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(run.latest_checkpoint(), folder)
+    state = load_file(folder / "model.safetensors")
+    state["model.layers.0.self_attn.o_proj.weight"][1, 2] = float("inf")
+    save_file(state, folder / "model.safetensors")
+    assert slm("quantize", folder, "--bits", "8", "--no-eval", "--out", tmp_path / "q") == 2
+    assert "layers.0.attn.o_proj holds NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantized_folder_counts_its_parameters_and_transformers_refuses_it(run, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -154,10 +154,14 @@ def _encode(array: np.ndarray, qtype: Any) -> np.ndarray:
 
 def gguf_tensors(hf_state: dict[str, Any], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """llama.cpp-named float32 arrays (q/k rows permuted for the llama family) from HF-named tensors."""
+    import numpy as np
+
     out: dict[str, np.ndarray] = {}
     for hf_name, tensor in hf_state.items():
         array = tensor.detach().float().cpu().numpy()
         name = gguf_tensor_name(hf_name, cfg.family)
+        if not np.isfinite(array).all():
+            raise SlmError(f"tensor {hf_name} holds NaN or infinite values; the checkpoint is broken, not exported")
         if cfg.family == "llama" and (".attn_q." in name or ".attn_k." in name):
             array = permute_rotary(array, cfg.n_heads if ".attn_q." in name else cfg.kv_heads)
         out[name] = array
@@ -241,11 +245,11 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                  "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype]
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     types: dict[str, int] = {}
     fallbacks: list[str] = []
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(_model_name(folder))
         writer.add_file_type(file_type)

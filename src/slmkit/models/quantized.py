@@ -155,7 +155,7 @@ class QuantizedLinear(nn.Module):
             scales = self.scales.to(torch.bfloat16)
             zeros = None if self.zeros is None else self.zeros.to(torch.bfloat16)
             if self.bits == 8:
-                kernel = (self.qweight, scales[:, 0].contiguous(), None if zeros is None else zeros[:, 0])
+                kernel = (self.qweight, scales[:, 0].contiguous(), None if zeros is None else zeros[:, 0].float())
             else:
                 # tinygemm packs rows in 16s: pad the output rows, slice them off after.
                 pad = -self.out_features % 16
@@ -172,19 +172,20 @@ class QuantizedLinear(nn.Module):
         if kernel == "dequantize":
             return F.linear(x, self.dequantized(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         # Few ops on purpose: at batch 1 each costs as much as a small matrix product.
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        flat = x.reshape(-1, self.in_features)
         if kernel == "int8-cpu":
             weight, scales, zeros = self._kernel_tensors()
-            out = torch.ops.aten._weight_int8pack_mm(flat, weight, scales)
+            out = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16), weight, scales).float()
             if zeros is not None:  # sum_k x_k (q_k s + z) = (x . q) s + z sum(x)
-                out.addcmul_(flat.sum(-1, keepdim=True, dtype=torch.float32).to(torch.bfloat16), zeros)
+                out.addcmul_(flat.sum(-1, keepdim=True, dtype=torch.float32), zeros)
         else:
             packed, scales_and_zeros = self._kernel_tensors()
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, scales_and_zeros)
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), packed, self.group_size,
+                                                             scales_and_zeros).float()
             if out.shape[-1] != self.out_features:
                 out = out[:, : self.out_features]
         if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
+            out = out + self.bias
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
@@ -218,6 +219,9 @@ def quantize_model(model: nn.Module, bits: int, group_size: int | None, symmetri
     """
     names = quantizable_linears(model)
     check_group_size(model, names, group_size)
+    for name in names:
+        if not torch.isfinite(model.get_submodule(name).weight).all():
+            raise SlmError(f"layer {name} holds NaN or infinite weights; the checkpoint is broken, not quantized")
     for name in names:
         _set_module(model, name, QuantizedLinear.from_linear(model.get_submodule(name), bits, group_size, symmetric))
     return names
