@@ -293,3 +293,24 @@ def test_flops_formula_matches_the_flop_counter():
     counted, formula = counter.get_total_flops() / 2, codefusion_forward_flops(cfg, 24, training=True)
     # the counter sees the matmuls; the formula adds the attention scores (SDPA on CPU is not counted)
     assert counted <= formula <= 1.1 * counted
+
+
+def test_quantized_codefusion_keeps_its_loss_and_generates(cf_run, tmp_path):
+    out = tmp_path / "cf8"
+    result = slm("quantize", str(cf_run), "--bits", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "denoising loss" in result.stdout
+    report = json.loads((out / "quantization.json").read_text())
+    assert report["kind"] == "codefusion" and abs(report["loss_delta_pct"]) < 5
+    assert json.loads((out / "config.json").read_text())["model_type"] == "slmkit-codefusion"
+    result = slm("generate", str(out), "--prompt", "list all files", "-n", "3", "--steps", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1. [" in result.stdout
+    # Outside a run there is no validation split to score a CodeFusion model on.
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(RunDir(cf_run).latest_checkpoint(), bare)
+    result = slm("quantize", str(bare), "--bits", "4", "--out", str(tmp_path / "cf4"))
+    assert result.returncode == 2 and "--no-eval" in result.stderr and not (tmp_path / "cf4").exists()
+    assert slm("quantize", str(bare), "--bits", "4", "--no-eval", "--out", str(tmp_path / "cf4")).returncode == 0

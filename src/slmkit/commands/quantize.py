@@ -10,10 +10,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quantize",
         help="int8 / int4 weight-only quantization of a checkpoint, with size and perplexity change",
-        description="Quantize every Linear layer of a decoder checkpoint (causal or masked diffusion) to int8 or "
+        description="Quantize every Linear layer of a checkpoint (decoder, masked diffusion or CodeFusion) to int8 or "
         "int4 with group-wise scales (and zero points unless --symmetric); the embedding stays as it is. The folder "
         "loads in slm generate and slm eval like the checkpoint. Prints the size before/after and the perplexity "
-        "change, measured on the run's validation split for a run's checkpoint, else on --ppl-source. "
+        "change, measured on the run's validation split for a run's checkpoint (CodeFusion: its denoising loss), "
+        "else on --ppl-source. "
         "Details: docs/quantization.md.",
     )
     parser.add_argument("ckpt", metavar="CKPT", help="checkpoint folder, or a run folder (uses ckpt/latest)")
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"int{s['bits']} {'symmetric' if s['symmetric'] else 'asymmetric'}, group {group}: {s['layers']} layers")
     print(f"size   {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
           f"({s['bytes_after'] / s['bytes_before']:.2f}x)")
+    if "loss_delta_pct" in s:
+        print(f"loss   {s['loss_before']:.4f} -> {s['loss_after']:.4f} ({s['loss_delta_pct']:+.2f}%) on {s['scored_on']} "
+              "(CodeFusion's denoising loss)")
     if "ppl_delta_pct" in s:
         print(f"ppl    {s['ppl_before']:.4f} -> {s['ppl_after']:.4f} per {s['ppl_unit']} "
               f"({s['ppl_delta_pct']:+.2f}%) on {s['scored_on']}")

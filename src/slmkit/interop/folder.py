@@ -93,10 +93,14 @@ def load_codefusion_folder(folder: str | Path, device: torch.device | str | None
                            dtype: torch.dtype | None = None) -> nn.Module:
     """The CodeFusion model of a folder, in eval mode (fp32 unless `dtype`)."""
     from slmkit.interop.hf import _read_weights, materialize
+    from slmkit.interop.quantized_folder import load_quantized_model, quantization_spec
     from slmkit.models.codefusion import CodeFusion
 
     folder = Path(folder)
     cfg = read_codefusion_config(folder)
+    config = read_config_json(folder)
+    if quantization_spec(config) is not None:  # `slm quantize` output
+        return load_quantized_model(folder, config, lambda: CodeFusion(cfg), device, dtype)
     model = materialize(lambda: CodeFusion(cfg), _read_weights(folder), folder, device, dtype)
     model.reset_rope()
     return model.eval()

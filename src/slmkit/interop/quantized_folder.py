@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -68,9 +69,12 @@ def save_quantized_folder(model: nn.Module, source: Path, out: Path, config: dic
     os.chmod(out / "model.safetensors", new_file_mode())
     slm = dict(config.get("slmkit") or {})
     slm["quantization"] = {**spec, "method": METHOD}
-    # An unknown model_type makes transformers refuse the folder instead of loading random weights
-    # (our loader reads the family from "architectures").
-    atomic_write_json(out / "config.json", {**config, "model_type": MODEL_TYPE, "slmkit": slm})
+    # An unknown model_type makes transformers refuse a decoder folder instead of loading random weights
+    # (our loader reads the family from "architectures"); a CodeFusion folder keeps its own.
+    from slmkit.interop.folder import CODEFUSION_MODEL_TYPE
+
+    model_type = CODEFUSION_MODEL_TYPE if config.get("model_type") == CODEFUSION_MODEL_TYPE else MODEL_TYPE
+    atomic_write_json(out / "config.json", {**config, "model_type": model_type, "slmkit": slm})
     for name in COPIED:
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
@@ -78,20 +82,28 @@ def save_quantized_folder(model: nn.Module, source: Path, out: Path, config: dic
 
 def load_quantized_decoder(folder: Path, config: dict[str, Any], device: torch.device | str | None = None,
                            dtype: torch.dtype | None = None) -> nn.Module:
-    """The Decoder of a quantized folder, its Linear layers QuantizedLinear, in eval mode.
+    """The Decoder of a quantized folder (see `load_quantized_model`)."""
+    from slmkit.interop.hf import read_hf_config
+    from slmkit.models.decoder import Decoder
+
+    cfg = read_hf_config(folder)
+    return load_quantized_model(folder, config, lambda: Decoder(cfg), device, dtype)
+
+
+def load_quantized_model(folder: Path, config: dict[str, Any], build: Callable[[], nn.Module],
+                         device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model `build()` makes, its Linear layers QuantizedLinear, holding a quantized folder's weights.
 
     `dtype` applies to the tensors that are not quantized (embedding, norms, biases); default fp32
     (measured on SmolLM2 int8 batch-1 decode: 90 tok/s with fp32 there, 81 with bf16, whose norms
     and attention take slower paths on this CPU than the two casts per layer they would save).
     """
-    from slmkit.interop.hf import _load_safetensors, read_hf_config
-    from slmkit.models.decoder import Decoder
+    from slmkit.interop.hf import _load_safetensors
     from slmkit.models.quantized import prepare_quantized
 
     spec = _checked_spec(quantization_spec(config) or {}, str(folder / "config.json"))
-    cfg = read_hf_config(folder)
     with torch.device("meta"):
-        model = Decoder(cfg)
+        model = build()
         prepare_quantized(model, spec["modules"], spec["bits"], spec["group_size"], spec["symmetric"])
     model.to_empty(device=device or "cpu")
     for module in model.modules():  # floating tensors (embedding, norms, scales) in the asked dtype

@@ -179,8 +179,8 @@ class CodeFusion(nn.Module):
             raise SlmError("train.activation_checkpointing is not supported for CodeFusion models; set it to false")
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; non_embedding drops the shared table L."""
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count; non_embedding drops the shared table L. Quantized layers report `weight_count`."""
+        n = sum(p.numel() for p in self.parameters()) + sum(getattr(m, "weight_count", 0) for m in self.modules())
         return n - self.embed.weight.numel() if non_embedding else n
 
     # ------------------------------------------------------------------ schedule
