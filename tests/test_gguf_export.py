@@ -189,9 +189,8 @@ def test_q4_0_runs_in_llama_cpp(checkpoints, exported):
 
 def tokenizer_documents(n: int = 200) -> list[str]:
     """n documents: Python source, English prose, whitespace runs and non-ASCII text, fixed by a seed."""
-    import random
-
     import pydoc_data.topics as topics
+    import random
 
     rng = random.Random(0)
     modules = ["argparse", "textwrap", "json.decoder", "collections", "dataclasses", "inspect", "typing", "enum"]

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `slm export`."""
-    from slmkit.pipeline.rundir import resolve_checkpoint
     from slmkit.interop.export import check_format_dtype, export_gguf, export_hf
+    from slmkit.pipeline.rundir import resolve_checkpoint
 
     check_format_dtype(args.format, args.dtype)
     ckpt = resolve_checkpoint(args.ckpt)
