@@ -8,6 +8,7 @@ other folder on a named data source (`ppl:<source type>` of `slm eval`, default 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _check_out(out: Path, source: Path, force: bool) -> None:
         raise SlmError(f"--out {out} is the checkpoint or inside it; choose another folder")
 
 
-def _val_loss(ckpt: Path, model: Any) -> tuple[dict[str, Any], str]:
+def _val_loss(ckpt: Path, model: Any, progress: bool = True) -> tuple[dict[str, Any], str]:
     """(loss / bits per byte of `model` on the run's val split, what was scored)."""
     from slmkit.config import load_recipe
     from slmkit.eval.perplexity import evaluate_run
@@ -54,12 +55,12 @@ def _val_loss(ckpt: Path, model: Any) -> tuple[dict[str, Any], str]:
 
     run = run_of_checkpoint(ckpt)
     recipe = load_recipe(run.recipe)
-    report = evaluate_run(recipe, run, ckpt=ckpt, progress=False, model=model, write=False)
+    report = evaluate_run(recipe, run, ckpt=ckpt, progress=progress, model=model, write=False)
     return {"loss": report["model"]["loss"], "bits_per_byte": report["model"]["bpb"],
             "tokens": report["model"]["tokens"]}, f"{run.root}/data (val split)"
 
 
-def _denoising_loss(ckpt: Path, model: Any) -> tuple[dict[str, Any], str]:
+def _denoising_loss(ckpt: Path, model: Any, progress: bool = True) -> tuple[dict[str, Any], str]:
     """CodeFusion's validation loss (the trainer's own measure) with the noise fixed by a seed, so the
     source and its quantized copy see the same timesteps and noise."""
     import torch
@@ -83,14 +84,15 @@ def _denoising_loss(ckpt: Path, model: Any) -> tuple[dict[str, Any], str]:
     return {"loss": result["loss"], "tokens": result["tokens"]}, f"{run.root}/data (val split)"
 
 
-def _source_loss(folder: Path, source: str, limit: int) -> tuple[dict[str, Any], str]:
+def _source_loss(folder: Path, source: str, limit: int, progress: bool = True) -> tuple[dict[str, Any], str]:
     """Bits per byte of the model in `folder` on `limit` documents of a data source (ppl:<source>)."""
     from slmkit.data.paths import datasets_dir
     from slmkit.eval.harness import EvalOptions, evaluate, load_lm
     from slmkit.eval.tasks import get_tasks
 
     tasks = get_tasks([f"ppl:{source}"], limit=limit)
-    results, _ = evaluate(load_lm(folder), tasks, EvalOptions(data_root=datasets_dir(), limit=limit, progress=False))
+    results, _ = evaluate(load_lm(folder), tasks, EvalOptions(data_root=datasets_dir(), limit=limit,
+                                                                    progress=progress))
     entry = results["tasks"][f"ppl:{source}"]
     if "metrics" not in entry:
         raise SlmError(f"ppl:{source}: {entry.get('skipped', 'no result')}")
@@ -140,8 +142,13 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int, group_size
     model = load_model_folder(ckpt)
     before = None
     val_loss = _denoising_loss if kind == "codefusion" else _val_loss
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
     if evaluate and in_run:
-        before, scored = val_loss(ckpt, model)
+        say("scoring the source checkpoint on the run's validation split")
+        before, scored = val_loss(ckpt, model, progress)
     modules = quantize_model(model, bits, group, symmetric)
     spec = {"bits": bits, "group_size": group, "symmetric": symmetric, "modules": modules, "source": str(ckpt)}
     summary: dict[str, Any] = {"folder": str(out), "source": str(ckpt), "kind": kind, "bits": bits,
@@ -153,10 +160,13 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int, group_size
             summary["bytes_after"] = _folder_bytes(tmp)
             if evaluate:
                 if in_run:
-                    after, _ = val_loss(ckpt, load_model_folder(tmp))
+                    say("scoring the quantized model on the same tokens")
+                    after, _ = val_loss(ckpt, load_model_folder(tmp), progress)
                 else:
-                    before, scored = _source_loss(ckpt, ppl_source, limit)
-                    after, _ = _source_loss(tmp, ppl_source, limit)
+                    say(f"scoring the source on ppl:{ppl_source} ({limit} documents)")
+                    before, scored = _source_loss(ckpt, ppl_source, limit, progress)
+                    say("scoring the quantized model on the same documents")
+                    after, _ = _source_loss(tmp, ppl_source, limit, progress)
                 summary.update({"scored_on": scored, "before": before, "after": after,
                                 **_delta(before, after, kind)})
             summary["seconds"] = round(time.perf_counter() - t0, 1)
