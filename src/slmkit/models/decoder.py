@@ -122,6 +122,7 @@ class Decoder(nn.Module):
         attend: Tensor | None = None,
         last_only: bool = False,
         logits_at: Tensor | None = None,
+        cache_positions: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, T, V] (or [B, 1, V] with last_only) for input_ids [B, T].
 
@@ -132,8 +133,13 @@ class Decoder(nn.Module):
         e.g. several continuations packed after one shared context (eval.decoder_lm). Then T may
         exceed the context (without a cache): only the positions must fit it.
         logits_at: [B, P] indices along T; only those positions are projected ([B, P, V] logits).
+        cache_positions: [B] for one new token per row (T == 1) with a cache: row b is at position
+        cache_positions[b], writes that slot of its cache row and attends to its slots up to it; rows
+        may be at different positions (continuous batching, generate/batching.py).
         """
         B, T = input_ids.shape
+        if cache_positions is not None:
+            return self._step_rows(input_ids, kv_cache, cache_positions)
         end = start_pos + T
         if attend is not None:
             if positions is None:
@@ -170,6 +176,23 @@ class Decoder(nn.Module):
             x = x[:, -1:]
         elif logits_at is not None:
             x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
+        return self.lm_head(self.norm(x))
+
+    def _step_rows(self, input_ids: Tensor, kv_cache: KVCache | None, cache_positions: Tensor) -> Tensor:
+        """One token per row, each row at its own cache slot (see `forward`'s cache_positions)."""
+        if kv_cache is None or input_ids.shape[1] != 1 or cache_positions.shape != (input_ids.shape[0],):
+            raise ValueError("cache_positions needs a kv_cache, one token per row and one position per row")
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional (masked-diffusion) model has no KV-cache decoding")
+        slots = int(cache_positions.max()) + 1
+        if slots > kv_cache.max_len:
+            raise ValueError(f"position {slots - 1} is beyond the cache of {kv_cache.max_len} slots")
+        positions = cache_positions[:, None]
+        cos, sin = self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2)
+        mask = (torch.arange(slots, device=input_ids.device)[None, :] <= positions)[:, None, None]  # [B,1,1,S]
+        x = self.embed(input_ids)
+        for layer, cache in zip(self.layers, kv_cache.layers):
+            x = layer(x, cos, sin, cache, cache_positions, mask)
         return self.lm_head(self.norm(x))
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:

@@ -94,11 +94,12 @@ class Attention(nn.Module):
         cos: Tensor,
         sin: Tensor,
         cache: LayerCache | None = None,
-        start_pos: int = 0,
+        start_pos: int | Tensor = 0,
         mask: Tensor | None = None,
     ) -> Tensor:
         """x [B, T, d]; cos/sin [B|1, T, 1, R]. With `cache`, writes keys/values at slots
-        start_pos..start_pos+T-1 and attends to slots 0..start_pos+T-1.
+        start_pos..start_pos+T-1 and attends to slots 0..start_pos+T-1; a tensor start_pos [B] (T = 1)
+        writes row b's slot start_pos[b], and `mask` [B, 1, 1, S] says which of its S slots it sees.
 
         `mask` is a bool [B|1, 1, T, S] "may attend" mask; None means plain causal (or, for one
         query token with a cache, everything cached so far), or everything for a bidirectional model.
@@ -110,7 +111,13 @@ class Attention(nn.Module):
         q = qk[:, :, : self.n_heads].transpose(1, 2)
         k = qk[:, :, self.n_heads :].transpose(1, 2)
         v = qkv[:, :, heads:].transpose(1, 2)
-        if cache is not None:
+        if cache is not None and isinstance(start_pos, Tensor):  # one token per row, each at its own slot
+            rows = torch.arange(B, device=x.device)
+            cache[0][rows, :, start_pos] = k[:, :, 0]
+            cache[1][rows, :, start_pos] = v[:, :, 0]
+            slots = mask.shape[-1]
+            k, v = cache[0][:B, :, :slots], cache[1][:B, :, :slots]
+        elif cache is not None:
             end = start_pos + T
             cache[0][:, :, start_pos:end] = k
             cache[1][:, :, start_pos:end] = v
@@ -177,7 +184,7 @@ class Block(nn.Module):
         cos: Tensor,
         sin: Tensor,
         cache: LayerCache | None = None,
-        start_pos: int = 0,
+        start_pos: int | Tensor = 0,
         mask: Tensor | None = None,
     ) -> Tensor:
         h = self.attn_norm(x)
