@@ -41,6 +41,7 @@ class Request:
     seed: int | None = None
     eos_ids: Collection[int] = ()
     on_token: Callable[[Request, int], None] | None = None
+    on_finish: Callable[[Request], None] | None = None  # called once, when finish_reason is set
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # set once: "stop" (an eos id), "length", or "cancelled"
     cancelled: bool = False  # set from any thread; the engine retires the request at its next step
@@ -133,8 +134,7 @@ class ContinuousBatcher:
             except queue.Empty:
                 break
             if request.cancelled:
-                request.finish_reason = CANCELLED
-                finished.append(request)
+                finished.append(self._finish_request(request, CANCELLED))
                 continue
             slot = self.slots.index(None)
             request.slot, self.slots[slot] = slot, request
@@ -176,5 +176,21 @@ class ContinuousBatcher:
 
     def _finish(self, slot: int, reason: str) -> Request:
         request = self.slots[slot]
-        request.finish_reason, request.slot, self.slots[slot] = reason, None, None
+        request.slot, self.slots[slot] = None, None
+        return self._finish_request(request, reason)
+
+    @staticmethod
+    def _finish_request(request: Request, reason: str) -> Request:
+        request.finish_reason = reason
+        if request.on_finish is not None:
+            request.on_finish(request)
         return request
+
+    def fail_all(self, reason: str = "error") -> list[Request]:
+        """End every active and waiting request with `reason` (the engine cannot go on)."""
+        failed = [self._finish(i, reason) for i, r in enumerate(self.slots) if r is not None]
+        while True:
+            try:
+                failed.append(self._finish_request(self.waiting.get_nowait(), reason))
+            except queue.Empty:
+                return failed

@@ -140,7 +140,7 @@ def _mask_upto(mask: Tensor | None, end: int) -> Tensor | None:
 
 
 @dataclass
-class _TextState:
+class TextState:
     """Per-row completion text, stop-string truncation and what has been streamed."""
 
     stop: list[str]
@@ -208,7 +208,7 @@ def generate(
         eos_ids = [eos_id] if eos_id is not None else []
     pad = tokenizer.token_to_id(PAD)
     prompt_ids = [tokenizer.encode(p).ids or ([eos_id] if eos_id is not None else []) for p in prompts]
-    states = [_TextState(stop) for _ in prompts]
+    states = [TextState(stop) for _ in prompts]
 
     def on_step(new_ids: list[list[int]]) -> list[bool]:
         for row, ids in enumerate(new_ids):
