@@ -393,3 +393,35 @@ def test_chat_page_streams_a_reply_in_a_real_browser(server):
     assert "<script>" in page_html and "src=" not in page_html and "<link" not in page_html  # self-contained
     replies, stats = chat_in_browser(server.port, "tiny", ["list files", "and now?"], 24, "chat-page-tiny.png")
     assert len(replies) == 2 and all(r.strip() for r in replies) and "tok/s" in stats
+
+
+# ---------------------------------------------------------------------------- slm chat
+
+
+def run_chat(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmkit.cli", "chat", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_slm_chat_local_and_through_a_server(server, folder):
+    local = run_chat(str(folder), "--temperature", "0", "--max-tokens", "8",
+                     stdin="list files\n/reset\n/nonsense\nls\n/exit\nnever read\n")
+    assert local.returncode == 0, local.stderr[-2000:]
+    lines = local.stdout.splitlines()
+    assert [line.split(">")[0] for line in lines if line.startswith("assistant>")] == ["assistant", "assistant"]
+    assert "(new conversation)" in local.stdout and "unknown command /nonsense" in local.stdout
+    expected = openai_client(server.port).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "list files"}], max_tokens=8, temperature=0)
+    remote = run_chat("--url", f"http://127.0.0.1:{server.port}/v1", "--temperature", "0", "--max-tokens", "8",
+                      stdin="list files\n")
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    assert remote.stdout.startswith("assistant> " + expected.choices[0].message.content)
+    assert lines[0] == remote.stdout.splitlines()[0]  # the same reply locally and through the server
+
+
+def test_slm_chat_refusals(folder, capsys):
+    for argv, words in ((["chat"], "--url"), (["chat", str(folder), "--url", "http://x/v1"], "not both"),
+                        (["chat", "--url", "ftp://x"], "http://"), (["chat", "--url", "http://127.0.0.1:9/v1"],
+                                                                      "cannot reach")):
+        assert slm_main(argv) == 2
+        assert words in capsys.readouterr().err
