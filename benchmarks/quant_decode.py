@@ -60,9 +60,8 @@ def resolve_model(name: str, work: Path) -> Path:
 def texts() -> list[str]:
     """Python source and English prose (two of each), fixed."""
     import argparse as argparse_module
-    import textwrap
-
     import pydoc_data.topics as topics
+    import textwrap
 
     return [inspect.getsource(textwrap)[2000:12000], inspect.getsource(argparse_module)[30000:40000],
             topics.topics["assignment"][:8000], topics.topics["exceptions"][:8000]]
