@@ -314,3 +314,27 @@ def test_quantized_codefusion_keeps_its_loss_and_generates(cf_run, tmp_path):
     result = slm("quantize", str(bare), "--bits", "4", "--out", str(tmp_path / "cf4"))
     assert result.returncode == 2 and "--no-eval" in result.stderr and not (tmp_path / "cf4").exists()
     assert slm("quantize", str(bare), "--bits", "4", "--no-eval", "--out", str(tmp_path / "cf4")).returncode == 0
+
+
+def test_slm_serve_gives_codefusion_candidates(cf_run):
+    from openai import BadRequestError
+    from test_serve import Server, openai_client
+
+    from slmkit.eval.lm import CandidateRequest
+    from slmkit.objectives.ar_code import ar_prompt
+    from slmkit.serve.app import create_app, load_served_model
+
+    served = load_served_model(RunDir(cf_run).latest_checkpoint(), "cf")
+    srv = Server(create_app(served))
+    try:
+        client = openai_client(srv.port)
+        reply = client.completions.create(model="cf", prompt="list all files", n=3, seed=4, temperature=0.8)
+        expected = served.lm.candidates([CandidateRequest(prompt=ar_prompt("list all files"), source="list all files",
+                                                          k=3, seed=4, temperature=0.8)])[0].draws()
+        assert [c.text for c in reply.choices] == expected and reply.usage.prompt_tokens > 0
+        with pytest.raises(BadRequestError, match="/v1/completions"):
+            client.chat.completions.create(model="cf", messages=[{"role": "user", "content": "ls"}])
+        with pytest.raises(BadRequestError, match="stream=false"):
+            client.completions.create(model="cf", prompt="ls", stream=True)
+    finally:
+        srv.close()

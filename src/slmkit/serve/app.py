@@ -54,6 +54,8 @@ class ServedModel:
     eos_ids: list[int]
     context: int
     chat: Any = None  # transformers tokenizer with a chat template, or None
+    kind: str = "decoder"  # or "codefusion" / "masked-diffusion": then `lm` draws candidates
+    lm: Any = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -66,7 +68,7 @@ def load_served_model(folder: Path, name: str | None = None, device: str = "cpu"
 
     kind = check_model_folder(folder)
     if kind != "decoder":
-        raise SlmError(f"{folder} is a {kind} checkpoint; slm serve runs causal decoders so far")
+        return _diffusion_model(folder, kind, name, device)
     if not (folder / TOKENIZER_FILE).is_file():
         raise SlmError(f"{folder}: no {TOKENIZER_FILE}; a served model needs its tokenizer")
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
@@ -80,6 +82,22 @@ def load_served_model(folder: Path, name: str | None = None, device: str = "cpu"
         chat = AutoTokenizer.from_pretrained(folder)
     return ServedModel(name=name or folder.resolve().name, model=model, tokenizer=tokenizer,
                        eos_ids=model_special_ids(folder, tokenizer)[1], context=model.config.max_seq_len, chat=chat)
+
+
+def _diffusion_model(folder: Path, kind: str, name: str | None, device: str) -> ServedModel:
+    """A CodeFusion or masked-diffusion checkpoint: candidates per utterance through /v1/completions."""
+    if kind == "codefusion":
+        from slmkit.eval.codefusion_lm import load_codefusion_lm
+
+        lm = load_codefusion_lm(folder, device=device, truncate=False)
+        context = lm.model.config.max_utterance_len
+    else:
+        from slmkit.eval.masked_lm import load_masked_lm
+
+        lm = load_masked_lm(folder, device=device, truncate=False)
+        context = lm.model.config.max_seq_len
+    return ServedModel(name=name or folder.resolve().name, model=lm.model, tokenizer=lm.tokenizer, eos_ids=[],
+                       context=context, kind=kind, lm=lm)
 
 
 class Metrics:
@@ -169,14 +187,20 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    worker = EngineWorker(ContinuousBatcher(served.model, max_batch=max_batch), max_queue=max_queue)
+    diffusion = served.kind != "decoder"
+    # A diffusion model has no token-by-token decode to batch: its requests take turns (one lock).
+    batcher = None if diffusion else ContinuousBatcher(served.model, max_batch=max_batch)
+    worker = EngineWorker(batcher, max_queue=max_queue)
     metrics = Metrics(worker)
+    turn = asyncio.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker.start()
+        if not diffusion:
+            worker.start()
         yield
-        worker.stop()
+        if not diffusion:
+            worker.stop()
 
     app = FastAPI(title="slmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker, app.state.metrics, app.state.served = worker, metrics, served
@@ -259,11 +283,16 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest) -> Any:
+        if diffusion:
+            return await _candidates(body)
         prompt_ids = served.tokenizer.encode(body.prompt).ids
         return await _respond(body, prompt_ids, "text_completion", body.max_tokens)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest) -> Any:
+        if diffusion:
+            raise ApiError(400, f"model {served.name} is a {served.kind} model: send the utterance to "
+                           "/v1/completions, which returns n candidate programs", param="messages")
         if served.chat is None:
             raise ApiError(400, f"model {served.name} has no chat template; use /v1/completions", param="messages")
         messages = [m.model_dump() for m in body.messages]
@@ -304,6 +333,51 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
         return _full_response(rid, kind, choices, len(prompt_ids))
+
+    async def _candidates(body: CompletionRequest) -> dict[str, Any]:
+        """n candidate programs for one utterance (the k draws, best first), from a diffusion model."""
+        from slmkit.eval.lm import CandidateRequest
+        from slmkit.objectives.ar_code import ar_prompt
+
+        _check_model(body.model)
+        if body.stream:
+            raise ApiError(400, f"model {served.name} is a {served.kind} model: its candidates come all at once; "
+                           "send stream=false", param="stream")
+        ids = served.lm.encode_utterance(body.prompt) if served.kind == "codefusion" else \
+            served.tokenizer.encode(body.prompt).ids
+        request = CandidateRequest(prompt=ar_prompt(body.prompt), source=body.prompt, k=body.n,
+                                   max_new_tokens=body.max_tokens or 128, temperature=body.temperature,
+                                   seed=body.seed or 0)
+        if worker.waiting_turns >= max_queue:
+            raise ApiError(429, f"{worker.waiting_turns} requests are already waiting (--max-queue {max_queue})",
+                           "rate_limit_error", code="queue_full")
+        worker.waiting_turns += 1
+        turned = False
+        try:
+            async with turn:
+                worker.waiting_turns, turned = worker.waiting_turns - 1, True
+                start = time.monotonic()
+                try:
+                    result = (await asyncio.wait_for(asyncio.to_thread(served.lm.candidates, [request]),
+                                                     timeout=request_timeout))[0]
+                except SlmError as exc:
+                    raise ApiError(400, str(exc), param="prompt") from None
+                except asyncio.TimeoutError:
+                    raise ApiError(504, "the request timed out (--request-timeout)", "timeout_error") from None
+                metrics.ttft.observe(time.monotonic() - start)
+        finally:
+            if not turned:  # cancelled while waiting for its turn
+                worker.waiting_turns -= 1
+        draws = result.draws()
+        completion = sum(len(served.tokenizer.encode(t).ids) for t in draws)
+        metrics.prompt_tokens.inc(len(ids))
+        metrics.generated_tokens.inc(completion)
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                "model": served.name,
+                "choices": [{"index": i, "text": t, "finish_reason": "stop", "logprobs": None}
+                            for i, t in enumerate(draws)],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
+                          "total_tokens": len(ids) + completion}}
 
     def _check_model(name: str) -> None:
         if name != served.name:

@@ -31,8 +31,11 @@ class TokenEvent:
 class EngineWorker:
     """Runs `batcher.step()` on a daemon thread whenever requests are active or waiting."""
 
-    def __init__(self, batcher: ContinuousBatcher, max_queue: int) -> None:
+    def __init__(self, batcher: ContinuousBatcher | None, max_queue: int) -> None:
+        """`batcher` None: a model without token-by-token decoding (diffusion); the app counts its queue
+        in `waiting_turns` and the thread is never started."""
         self.batcher = batcher
+        self.waiting_turns = 0
         self.max_queue = max_queue
         self._wake = threading.Condition()
         self._stopping = False
@@ -53,11 +56,11 @@ class EngineWorker:
 
     @property
     def waiting(self) -> int:
-        return self.batcher.waiting.qsize()
+        return self.waiting_turns if self.batcher is None else self.batcher.waiting.qsize()
 
     @property
     def active(self) -> int:
-        return len(self.batcher.active)
+        return 0 if self.batcher is None else len(self.batcher.active)
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Request:
         """Queue `request`; its tokens and end arrive in `events` (on `loop`). QueueFull beyond max_queue."""
