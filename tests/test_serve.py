@@ -425,3 +425,17 @@ def test_slm_chat_refusals(folder, capsys):
                                                                       "cannot reach")):
         assert slm_main(argv) == 2
         assert words in capsys.readouterr().err
+
+
+def test_a_quantized_checkpoint_serves(folder, tmp_path):
+    from slmkit.serve.app import create_app, load_served_model
+
+    assert slm_main(["quantize", str(folder), "--bits", "8", "--no-eval", "--out", str(tmp_path / "q8")]) == 0
+    srv = Server(create_app(load_served_model(tmp_path / "q8", "tiny-int8")))
+    try:
+        client = openai_client(srv.port)
+        reply = client.chat.completions.create(model="tiny-int8", messages=[{"role": "user", "content": "ls"}],
+                                               max_tokens=6, temperature=0)
+        assert reply.usage.completion_tokens == 6 and reply.choices[0].finish_reason == "length"
+    finally:
+        srv.close()

@@ -216,6 +216,8 @@ def create_app(served: ServedModel, *, api_key: str | None = None, max_batch: in
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             message, param = f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+        elif tuple(first.get("loc", ())) == ("body",):  # not a JSON object (or not sent as application/json)
+            message, param = "the body must be a JSON object, sent with Content-Type: application/json", None
         else:
             loc = [str(p) for p in first.get("loc", []) if p != "body"]
             param = ".".join(loc) or None
