@@ -158,20 +158,22 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     for dtype, path in ggufs.items():
         if not path.is_file():
             slm("export", folder, "--format", "gguf", "--dtype", dtype, "--out", path, "--force")
-    rows = []
-    variants = [("ours fp32", lambda: ours_variant(folder, torch.float32, wins, args.new_tokens, args.repeats)),
-                ("ours bf16", lambda: ours_variant(folder, torch.bfloat16, wins, args.new_tokens, args.repeats)),
-                ("ours int8", lambda: ours_variant(artifacts["int8"][0], None, wins, args.new_tokens, args.repeats)),
-                ("ours int4 g64", lambda: ours_variant(artifacts["int4"][0], None, wins, args.new_tokens, args.repeats))]
+    def weights(path: Path) -> int:
+        return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+    # (case, run it, bytes of its weights); bf16 is the fp32 folder cast on load: half its bytes.
+    ours = [("ours fp32", folder, torch.float32, weights(folder)),
+            ("ours bf16", folder, torch.bfloat16, weights(folder) // 2),
+            ("ours int8", artifacts["int8"][0], None, weights(artifacts["int8"][0])),
+            ("ours int4 g64", artifacts["int4"][0], None, weights(artifacts["int4"][0]))]
+    variants = [(case, lambda p=path, d=dtype: ours_variant(p, d, wins, args.new_tokens, args.repeats), size)
+                for case, path, dtype, size in ours]
     variants += [(f"llama.cpp {dtype}", lambda p=path: llama_cpp_variant(p, wins, args.new_tokens, args.repeats,
-                                                                          args.threads))
+                                                                          args.threads), path.stat().st_size)
                  for dtype, path in ggufs.items()]
-    for case, run in variants:
+    rows = []
+    for case, run, size in variants:
         result = run()
-        size = (sum(p.stat().st_size for p in Path(artifacts[case.split()[1]][0]).glob("*.safetensors"))
-                if case in ("ours int8", "ours int4 g64") else
-                ggufs[case.split()[1]].stat().st_size if case.startswith("llama.cpp") else
-                sum(p.stat().st_size for p in folder.glob("*.safetensors")) // (2 if "bf16" in case else 1))
         rows.append({"case": case, "ppl": result["ppl"], "tok_s": result["tok_s"], "bytes": size,
                      "tokens": result["tokens"]})
     base = {r["case"]: r for r in rows}

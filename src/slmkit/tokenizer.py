@@ -181,6 +181,21 @@ def write_hf_config(folder: str | Path, tok: Any, model_max_length: int | None =
     atomic_write_json(Path(folder) / HF_SPECIAL_MAP_FILE, specials)
 
 
+def read_hf_tokenizer_config(folder: str | Path) -> dict[str, Any]:
+    """A model folder's tokenizer_config.json as a mapping; {} when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(folder) / HF_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def chat_template_of(folder: str | Path) -> str | None:
+    """The chat template a model folder's tokenizer_config.json carries, or None."""
+    template = read_hf_tokenizer_config(folder).get("chat_template")
+    return template if isinstance(template, str) and template else None
+
+
 def special_token_ids(tok: Any) -> dict[str, int | None]:
     """bos/eos/pad ids for an HF config.json / generation_config.json (None when the token is absent)."""
     eos = tok.token_to_id(EOT)

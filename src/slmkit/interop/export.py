@@ -22,13 +22,13 @@ leaves nothing, and an existing output is replaced only with `force`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmkit.errors import SlmError, check_choice
+from slmkit.interop.folder import check_output_path
 from slmkit.pipeline.rundir import TOKENIZER_FILE
 
 if TYPE_CHECKING:
@@ -40,8 +40,6 @@ FORMATS = ("hf", "gguf")
 DTYPES = {"hf": ("f32", "f16", "bf16"), "gguf": ("f32", "f16", "bf16", "q8_0", "q4_0")}
 GGUF_ARCH = {"llama": "llama", "phi": "phi2"}
 QK = 32  # values per GGML Q8_0 / Q4_0 block
-# Files of a decoder folder that an HF export carries over unchanged (the weights are rewritten).
-HF_FILES = ("generation_config.json", TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 
 # HF parameter names (without .weight / .bias) -> llama.cpp tensor names, per family.
 _TOP = {
@@ -89,6 +87,7 @@ def check_format_dtype(fmt: str, dtype: str) -> None:
 def _check_source(folder: Path, fmt: str) -> dict[str, Any]:
     """config.json of an exportable decoder folder; SlmError naming what the folder is otherwise."""
     from slmkit.interop.folder import check_model_folder, read_config_json
+    from slmkit.interop.quantized_folder import quantization_spec
 
     if not folder.exists():
         raise SlmError(f"checkpoint not found: {folder}")
@@ -101,25 +100,10 @@ def _check_source(folder: Path, fmt: str) -> dict[str, Any]:
         target = "llama.cpp runs" if fmt == "gguf" else "transformers' causal LM classes run"
         raise SlmError(f"{folder} is a {what} checkpoint; {target} causal decoders only, so it cannot be "
                        f"exported as {fmt}")
-    if (config.get("slmkit") or {}).get("quantization"):
+    if quantization_spec(config) is not None:
         raise SlmError(f"{folder} is a quantized checkpoint (slm quantize); export the checkpoint it was made from "
                        "(GGUF has its own q8_0 / q4_0)")
     return config
-
-
-def _check_out(out: Path, source: Path, force: bool, is_dir: bool) -> None:
-    if str(out).strip() == "":
-        raise SlmError("--out must name a path, got an empty string")
-    if out.exists():
-        if out.is_dir() != is_dir:
-            raise SlmError(f"--out {out} exists and is {'a file' if is_dir else 'a folder'}")
-        if not force and (not is_dir or any(out.iterdir())):
-            raise SlmError(f"--out {out} exists; pass --force to replace it")
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise SlmError(f"--out {out} is inside the checkpoint {source}; choose another path")
-    parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise SlmError(f"--out {out}: {parent} is not a folder")
 
 
 # ---------------------------------------------------------------------------- GGUF
@@ -186,29 +170,19 @@ def _add_hparams(writer: Any, cfg: ModelConfig) -> None:
 
 def _special_ids(folder: Path, config: dict[str, Any], tok: Any) -> dict[str, int | None]:
     """bos/eos/pad from config.json (eos: the first of a list), unk/mask by name from tokenizer_config.json."""
+    from slmkit.tokenizer import read_hf_tokenizer_config
+
     def first(value: Any) -> int | None:
         if isinstance(value, list):
             value = value[0] if value else None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     ids = {role: first(config.get(f"{role}_token_id")) for role in ("bos", "eos", "pad")}
-    try:
-        names = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        names = {}
+    names = read_hf_tokenizer_config(folder)
     for role in ("unk", "mask"):
-        name = names.get(f"{role}_token") if isinstance(names, dict) else None
+        name = names.get(f"{role}_token")
         ids[role] = tok.token_to_id(name) if isinstance(name, str) else None
     return ids
-
-
-def _chat_template(folder: Path) -> str | None:
-    try:
-        data = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    template = data.get("chat_template") if isinstance(data, dict) else None
-    return template if isinstance(template, str) and template else None
 
 
 def _model_name(folder: Path) -> str:
@@ -226,12 +200,12 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
     from slmkit.interop.gguf_vocab import vocab_from_tokenizer, write_vocab
     from slmkit.interop.hf import load_hf_folder, state_dict_to_hf
     from slmkit.progress import progress_iter
-    from slmkit.tokenizer import load_tokenizer
+    from slmkit.tokenizer import chat_template_of, load_tokenizer
 
     folder, out = Path(folder), Path(out)
     check_format_dtype("gguf", dtype)
     config = _check_source(folder, "gguf")
-    _check_out(out, folder, force, is_dir=False)
+    check_output_path(out, folder, force, folder_output=False)
     if not (folder / TOKENIZER_FILE).is_file():
         raise SlmError(f"{folder}: no {TOKENIZER_FILE}; a GGUF file carries its tokenizer, so the checkpoint needs one")
     model = load_hf_folder(folder)
@@ -239,6 +213,7 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
     tok = load_tokenizer(folder / TOKENIZER_FILE)
     vocab = vocab_from_tokenizer((folder / TOKENIZER_FILE).read_text(encoding="utf-8"), cfg.vocab_size,
                                  _special_ids(folder, config, tok), source=str(folder / TOKENIZER_FILE))
+    chat_template = chat_template_of(folder)
     tensors = gguf_tensors(state_dict_to_hf(model.state_dict(), cfg), cfg)
     del model
     arch = GGUF_ARCH[cfg.family]
@@ -256,7 +231,7 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
         if dtype in ("q8_0", "q4_0"):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hparams(writer, cfg)
-        write_vocab(writer, vocab, _chat_template(folder))
+        write_vocab(writer, vocab, chat_template)
         for name in progress_iter(list(tensors), desc=f"encoding {dtype}", unit="tensor", enabled=progress):
             array = tensors.pop(name)
             qtype = _tensor_type(name, array.shape, dtype, cfg.tie_embeddings)
@@ -282,7 +257,7 @@ def export_gguf(folder: str | Path, out: str | Path, dtype: str = "f32", force: 
             tmp.unlink()
     return {"path": str(out), "format": "gguf", "dtype": dtype, "architecture": arch, "bytes": out.stat().st_size,
             "tensor_types": dict(sorted(types.items())), "f16_fallbacks": fallbacks, "tokens": len(vocab.tokens),
-            "pre_tokenizer": vocab.pre, "chat_template": _chat_template(folder) is not None}
+            "pre_tokenizer": vocab.pre, "chat_template": chat_template is not None}
 
 
 # ---------------------------------------------------------------------------- HF
@@ -294,12 +269,12 @@ def export_hf(folder: str | Path, out: str | Path, dtype: str = "f32", force: bo
     from safetensors.torch import save_file
 
     from slmkit.fileio import atomic_dir, atomic_write_json, new_file_mode
-    from slmkit.interop.hf import load_hf_folder, state_dict_to_hf
+    from slmkit.interop.hf import COMPANION_FILES, load_hf_folder, state_dict_to_hf
 
     folder, out = Path(folder), Path(out)
     check_format_dtype("hf", dtype)
     config = _check_source(folder, "hf")
-    _check_out(out, folder, force, is_dir=True)
+    check_output_path(out, folder, force, folder_output=True)
     torch_dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
     model = load_hf_folder(folder, dtype=torch_dtype)
     state = state_dict_to_hf(model.state_dict(), model.config)
@@ -308,7 +283,7 @@ def export_hf(folder: str | Path, out: str | Path, dtype: str = "f32", force: bo
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             os.chmod(tmp / "model.safetensors", new_file_mode())  # safetensors writes 0600
             atomic_write_json(tmp / "config.json", {**config, "dtype": str(torch_dtype).removeprefix("torch.")})
-            for name in HF_FILES:
+            for name in COMPANION_FILES:  # carried over unchanged; the weights are rewritten
                 if (folder / name).is_file():
                     shutil.copyfile(folder / name, tmp / name)
     except OSError as exc:

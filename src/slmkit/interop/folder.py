@@ -129,6 +129,25 @@ def load_model_folder(folder: str | Path, device: torch.device | str | None = No
     return load_hf_folder(folder, device=device, dtype=dtype)
 
 
+def check_output_path(out: Path, source: Path, force: bool, folder_output: bool) -> None:
+    """What a tool writing from the checkpoint `source` to `out` (a folder, or a file when not
+    `folder_output`) must refuse before any work: an empty path, the wrong kind of existing path, an
+    existing output without `force`, an output that is the checkpoint or lies inside it, a parent that
+    is a file."""
+    if str(out).strip() == "":
+        raise SlmError("--out must name a path, got an empty string")
+    if out.exists():
+        if out.is_dir() != folder_output:
+            raise SlmError(f"--out {out} exists and is {'a file' if folder_output else 'a folder'}")
+        if not force and (not folder_output or any(out.iterdir())):
+            raise SlmError(f"--out {out} exists; pass --force to replace it")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise SlmError(f"--out {out} is inside the checkpoint {source}; choose another path")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SlmError(f"--out {out}: {parent} is not a folder")
+
+
 def check_model_folder(folder: str | Path) -> str:
     """'codefusion', 'masked-diffusion' (a bidirectional decoder) or 'decoder' after checking config.json
     (SlmError when it is not usable)."""

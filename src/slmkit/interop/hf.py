@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 from slmkit.errors import SlmError
 from slmkit.fileio import atomic_write_bytes, atomic_write_json, new_file_mode, temp_file
 from slmkit.models.config import ModelConfig
-from slmkit.tokenizer import load_tokenizer, special_token_ids
+from slmkit.tokenizer import HF_CONFIG_FILE, HF_SPECIAL_MAP_FILE, TOKENIZER_FILE, load_tokenizer, special_token_ids
 
 if TYPE_CHECKING:
     import torch
 
     from slmkit.models.decoder import Decoder
+
+# What a model folder holds beside config.json and the weights; exports and quantized copies carry them.
+COMPANION_FILES = ("generation_config.json", TOKENIZER_FILE, HF_CONFIG_FILE, HF_SPECIAL_MAP_FILE)
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "PhiForCausalLM": "phi"}
 FAMILY_ARCH = {family: arch for arch, family in ARCHITECTURES.items()}

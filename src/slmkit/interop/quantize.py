@@ -36,17 +36,6 @@ def _check_source(folder: Path) -> tuple[str, dict[str, Any]]:
     return kind, config
 
 
-def _check_out(out: Path, source: Path, force: bool) -> None:
-    if not str(out).strip():
-        raise SlmError("--out must name a folder, got an empty string")
-    if out.exists() and not out.is_dir():
-        raise SlmError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise SlmError(f"--out {out} exists and is not empty; pass --force to replace it")
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise SlmError(f"--out {out} is the checkpoint or inside it; choose another folder")
-
-
 def _val_loss(ckpt: Path, model: Any, progress: bool = True) -> tuple[dict[str, Any], str]:
     """(loss / bits per byte of `model` on the run's val split, what was scored)."""
     from slmkit.config import load_recipe
@@ -122,7 +111,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int, group_size
     """Quantize the decoder checkpoint `ckpt` into the folder `out`; returns (and stores) the measurements."""
     from slmkit.errors import check_choice
     from slmkit.fileio import atomic_dir, atomic_write_json
-    from slmkit.interop.folder import load_model_folder
+    from slmkit.interop.folder import check_output_path, load_model_folder
     from slmkit.interop.quantized_folder import REPORT_FILE, save_quantized_folder
     from slmkit.models.quantized import BITS, GROUP_SIZES, quantize_model
     from slmkit.pipeline.rundir import run_of_checkpoint
@@ -133,7 +122,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int, group_size
     group = DEFAULT_GROUP[bits] if group_size is None else group_size
     ckpt, out = Path(ckpt), Path(out)
     kind, config = _check_source(ckpt)
-    _check_out(out, ckpt, force)
+    check_output_path(out, ckpt, force, folder_output=True)
     in_run = run_of_checkpoint(ckpt) is not None
     if evaluate and kind == "codefusion" and not in_run:
         raise SlmError(f"{ckpt}: a CodeFusion checkpoint outside a run has no likelihood to score (its loss needs "

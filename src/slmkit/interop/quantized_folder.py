@@ -26,12 +26,10 @@ import torch
 from torch import nn
 
 from slmkit.errors import SlmError
-from slmkit.pipeline.rundir import TOKENIZER_FILE
 
 METHOD = "slmkit-weight-only"
 MODEL_TYPE = "slmkit-quantized"
 REPORT_FILE = "quantization.json"
-COPIED = ("generation_config.json", TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 
 
 def quantization_spec(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -75,7 +73,9 @@ def save_quantized_folder(model: nn.Module, source: Path, out: Path, config: dic
 
     model_type = CODEFUSION_MODEL_TYPE if config.get("model_type") == CODEFUSION_MODEL_TYPE else MODEL_TYPE
     atomic_write_json(out / "config.json", {**config, "model_type": model_type, "slmkit": slm})
-    for name in COPIED:
+    from slmkit.interop.hf import COMPANION_FILES
+
+    for name in COMPANION_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
 

@@ -64,7 +64,7 @@ def load_served_model(folder: Path, name: str | None = None, device: str = "cpu"
     from slmkit.interop.folder import check_model_folder
     from slmkit.interop.hf import load_hf_folder, model_special_ids
     from slmkit.pipeline.rundir import TOKENIZER_FILE
-    from slmkit.tokenizer import load_tokenizer
+    from slmkit.tokenizer import chat_template_of, load_tokenizer
 
     kind = check_model_folder(folder)
     if kind != "decoder":
@@ -74,9 +74,7 @@ def load_served_model(folder: Path, name: str | None = None, device: str = "cpu"
     tokenizer = load_tokenizer(folder / TOKENIZER_FILE)
     model = load_hf_folder(folder, device=device)
     chat = None
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")) \
-        if (folder / "tokenizer_config.json").is_file() else {}
-    if config.get("chat_template"):
+    if chat_template_of(folder):
         from transformers import AutoTokenizer
 
         chat = AutoTokenizer.from_pretrained(folder)

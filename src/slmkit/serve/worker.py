@@ -41,8 +41,6 @@ class EngineWorker:
         self._stopping = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="slm-engine", daemon=True)
-        self.steps = 0
-        self.generated_tokens = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -73,7 +71,6 @@ class EngineWorker:
             loop.call_soon_threadsafe(events.put_nowait, TokenEvent(token))
 
         def on_finish(req: Request) -> None:
-            self.generated_tokens += len(req.tokens)
             loop.call_soon_threadsafe(events.put_nowait, TokenEvent(None, req.finish_reason))
 
         request.on_token, request.on_finish = on_token, on_finish
@@ -95,4 +92,3 @@ class EngineWorker:
                 self._error = exc
                 self.batcher.fail_all()
                 return
-            self.steps += 1
