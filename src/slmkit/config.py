@@ -69,7 +69,7 @@ class ModelRecipe:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int | str = 1000  # or "auto": as many as fit train.max_minutes (train/budget.py)
     max_minutes: float | None = None  # training-time budget of the whole run (resumes included)
     batch_size: int = 16  # micro-batch per process, in blocks of data.seq_len
     grad_accum: int = 1
@@ -476,7 +476,10 @@ def _check_train(recipe: Recipe) -> None:
     check_choice(tc.precision, PRECISIONS, "recipe key 'train.precision'")
     check_choice(tc.parallel, PARALLEL_MODES, "recipe key 'train.parallel'")
     check_device_name(tc.device, "recipe key 'train.device'")
-    _at_least(tc, "train", 1, "max_steps", "batch_size", "grad_accum")
+    from slmkit.train.budget import check_max_steps
+
+    check_max_steps(tc.max_steps, tc.max_minutes)
+    _at_least(tc, "train", 1, "batch_size", "grad_accum")
     _at_least(tc, "train", 0, "save_every", "log_every", "eval_every", "eval_batches", "keep_last", "max_bad_steps")
     _at_least(tc, "train", 1, "eval_tasks_limit")
     _check_task_list(tc.eval_tasks, "train.eval_tasks", allow_empty=True, allow_run_validation=False)

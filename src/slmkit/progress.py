@@ -76,6 +76,10 @@ class Progress:
         """A normal line on stderr."""
         print(text, file=sys.stderr, flush=True)
 
+    def set_total(self, total: int | float | None) -> None:
+        """Change the expected total (e.g. once a time-budgeted run has fixed its steps)."""
+        self.total = total
+
     def close(self) -> None:
         pass
 
@@ -175,6 +179,10 @@ class TerminalProgress(Progress):
 
     def write(self, text: str) -> None:
         self._bar.write(text, file=sys.stderr)
+
+    def set_total(self, total: int | float | None) -> None:
+        self._bar.total = total
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

@@ -44,8 +44,9 @@ class Nl2CodeObjective(Objective):
         for key in ("utterance_len", "code_len"):
             if getattr(code, key) < 1:
                 raise SlmError(f"recipe key 'code.{key}' must be >= 1, got {getattr(code, key)}")
-        if not 0 <= code.pretrain_steps < recipe.train.max_steps:
-            raise SlmError(f"recipe key 'code.pretrain_steps' must be in [0, train.max_steps={recipe.train.max_steps}) "
+        total = recipe.train.max_steps  # 'auto' is fixed only once training has measured itself
+        if code.pretrain_steps < 0 or (isinstance(total, int) and code.pretrain_steps >= total):
+            raise SlmError(f"recipe key 'code.pretrain_steps' must be in [0, train.max_steps={total}) "
                            f"so that fine-tuning gets steps, got {code.pretrain_steps}")
         for key in ("cpd_fraction", "span_fraction"):
             if not 0.0 <= getattr(code, key) <= 1.0:

@@ -81,7 +81,7 @@ ARTIFACTS = (
     Artifact("tokenizer", ("tokenizer.json", "tokenizer.meta.json", "tokenizer_config.json", "special_tokens_map.json"),
              ("tokenizer.", "data.sources", "data.seed", "task", "train.init_from")),
     Artifact("data", ("data",), ("data.",), ("tokenizer",)),
-    Artifact("checkpoints", ("ckpt", "metrics.jsonl", "tb"), ("task", "model.", "train.", "sft.", "data."),
+    Artifact("checkpoints", ("ckpt", "metrics.jsonl", "tb", "train_budget.json"), ("task", "model.", "train.", "sft.", "data."),
              ("tokenizer", "data")),
     Artifact("eval", ("eval",), (), ("checkpoints",)),
     Artifact("samples", ("samples.json", "samples.md"), (), ("checkpoints",)),
@@ -133,6 +133,7 @@ class RunDir:
     report = property(lambda self: self.root / "report.html")
     loss_plot = property(lambda self: self.root / "loss.png")
     run_record = property(lambda self: self.root / "run.json")
+    budget_file = property(lambda self: self.root / "train_budget.json")  # the steps train.max_steps: auto fixed
     lock_file = property(lambda self: self.root / ".lock")
 
     def step_dir(self, step: int) -> Path:

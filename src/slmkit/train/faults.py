@@ -6,6 +6,8 @@ Test-only fault injection (environment variables, read once at start of training
                                         after the forward/backward and before the optimizer update
     SLMKIT_FAULT_NONFINITE_AT_STEPS=5,6 multiply the loss of steps 5 and 6 (1-based) by inf
     SLMKIT_FAULT_SIGNAL_AT_STEP=7       send SIGTERM to this process in the middle of step 7
+    SLMKIT_FAULT_STEP_SECONDS=0.5       a train.max_steps: auto probe measures 0.5 s per step, whatever
+                                        the clock says (so that two runs fix the same total)
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ def _env_steps(name: str) -> set[int]:
         raise SlmError(f"environment variable {name}={raw!r} must be a comma-separated list of step numbers") from None
 
 
+def _env_seconds(name: str) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SlmError(f"environment variable {name}={raw!r} must be a positive number of seconds")
+    return value
+
+
 @dataclass
 class FaultInjector:
     """Test-only faults taken from the SLMKIT_FAULT_* environment variables."""
@@ -34,6 +49,7 @@ class FaultInjector:
     kill_at: set[int] = field(default_factory=set)
     nonfinite_at: set[int] = field(default_factory=set)
     signal_at: set[int] = field(default_factory=set)
+    step_seconds: float | None = None
 
     @classmethod
     def from_env(cls) -> FaultInjector:
@@ -41,6 +57,7 @@ class FaultInjector:
             kill_at=_env_steps("SLMKIT_FAULT_KILL_AT_STEP"),
             nonfinite_at=_env_steps("SLMKIT_FAULT_NONFINITE_AT_STEPS"),
             signal_at=_env_steps("SLMKIT_FAULT_SIGNAL_AT_STEP"),
+            step_seconds=_env_seconds("SLMKIT_FAULT_STEP_SECONDS"),
         )
 
     def loss_factor(self, step: int) -> float:

@@ -25,6 +25,7 @@ from slmkit.errors import SlmError
 from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.objectives import get_objective
 from slmkit.pipeline.rundir import RunDir
+from slmkit.train.budget import is_auto, plan_steps, probe_steps, recorded_max_steps, write_plan
 from slmkit.train.checkpoint import clean_temp, load_checkpoint, read_trainer_state, save_checkpoint
 from slmkit.train.distributed import (
     DistEnv,
@@ -120,6 +121,10 @@ class _Trainer:
         self.bad = BadStepTracker(self.tc.max_bad_steps)
         self.log: MetricsLogger | None = None
         self.eval_enabled = self.tc.eval_batches > 0
+        # train.max_steps: auto leaves the total unknown (None) until the probe has measured a step
+        self.auto = is_auto(self.tc.max_steps)
+        self.max_steps: int | None = None if self.auto else self.tc.max_steps
+        self.step_times: list[float] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -153,7 +158,7 @@ class _Trainer:
                                        reshard_after_forward=tc.reshard_after_forward)
         self.params = local_params(self.model)
         self.optimizer = build_optimizer(self.model, self.settings)
-        self.scheduler = build_scheduler(self.optimizer, self.settings, tc.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.settings, lambda: self.max_steps)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.loader = self.objective.train_loader(recipe, self.rundir, tokenizer, tc.batch_size, tc.seed,
                                                   env.rank, env.world_size)
@@ -285,7 +290,8 @@ class _Trainer:
         p = self.progress
         return {
             "step": p.step,
-            "max_steps": self.tc.max_steps,
+            "max_steps": self.max_steps,
+            "max_steps_auto": self.auto,
             "world_size": self.env.world_size,
             "parallel": self.tc.parallel,
             "tokens": p.tokens,
@@ -323,15 +329,17 @@ class _Trainer:
             raise SlmError(f"{self.rundir.tokenizer} is missing; make it first: "
                            f"slm tokenizer train {self.rundir.recipe} --out {self.rundir.root}")
         ckpt = self._find_checkpoint()
-        if ckpt is not None:
-            state = read_trainer_state(ckpt)
-            if state["step"] >= tc.max_steps:
+        state = read_trainer_state(ckpt) if ckpt is not None else None
+        if self.auto:
+            self.max_steps = recorded_max_steps(state, self.rundir, tc.max_minutes)
+        if state is not None:
+            if self.max_steps is not None and state["step"] >= self.max_steps:
                 return summary_from_state(state, ckpt, "complete")
             if tc.max_minutes is not None and state.get("train_time_s", 0.0) >= 60 * tc.max_minutes:
                 return summary_from_state(state, ckpt, "time limit")
         self._setup(ckpt)
         self.last_ckpt, self.saved_step = ckpt, self.progress.step
-        self.log = MetricsLogger(self.rundir, self.progress.step, tc.max_steps, enabled=env.is_main,
+        self.log = MetricsLogger(self.rundir, self.progress.step, self.max_steps, enabled=env.is_main,
                                  progress=self.show_progress)
         try:
             with StopSignals() as self.signals:
@@ -347,22 +355,29 @@ class _Trainer:
             self.log.message(f"resuming from {self.last_ckpt} (step {p.step})")
         self.t_start = time.perf_counter()
         self.time_left = 60 * tc.max_minutes - p.train_time_s if tc.max_minutes is not None else math.inf
+        probe_end = probe_steps(self.settings.warmup_steps) if self.max_steps is None else None
         interval_tokens, interval_time = 0, 0.0
         stopped = "complete"
-        while p.step < tc.max_steps:
+        while self.max_steps is None or p.step < self.max_steps:
             t0 = time.perf_counter()
             step = p.step + 1
             loss, grad_norm, tokens = self._train_step(step)
             dt = time.perf_counter() - t0
+            self.step_times.append(dt)
             p.step, p.tokens, p.train_time_s = step, p.tokens + tokens, p.train_time_s + dt
             interval_tokens, interval_time = interval_tokens + tokens, interval_time + dt
+            if self.max_steps is None and step >= probe_end:
+                self._fix_max_steps(step, tokens)
             lr = float(self._lr)
             if self._skipped:
                 self.log.message(f"step {step}: non-finite loss/gradient (loss {loss}, grad norm {grad_norm}); "
                                  f"update skipped ({self.bad.in_a_row} in a row, {self.bad.total} in total)")
             if math.isfinite(loss):
                 p.last["loss"] = loss
-            last_step = step == tc.max_steps or self._stop_votes > 0
+            stopping = self._stop_votes > 0
+            if stopping:
+                stopped = broadcast_object(self.signals.name or "time limit", env)
+            last_step = step == self.max_steps or stopping
             if (tc.log_every and step % tc.log_every == 0) or last_step or self._skipped:
                 tok_per_s = interval_tokens / max(interval_time, 1e-9)
                 mfu = compute_mfu(self.flops_per_token, tok_per_s, self.peak, env.world_size)
@@ -379,7 +394,8 @@ class _Trainer:
                     f"{self.bad.in_a_row} non-finite steps in a row (train.max_bad_steps={tc.max_bad_steps}), "
                     f"stopped at step {step}; last good checkpoint: {last or 'none yet'}"
                 )
-            eval_due = (tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps
+            # a run the time limit stops between eval_every points still ends with an evaluation
+            eval_due = (tc.eval_every and step % tc.eval_every == 0) or step == self.max_steps or stopped == "time limit"
             if self.eval_enabled and eval_due:
                 val = self._evaluate()
                 p.last.update(val)
@@ -393,12 +409,10 @@ class _Trainer:
                 self.log.log({"step": step, **scores})
                 self.log.message(f"step {step}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
                                                                for k, v in scores.items()))
-            if self._stop_votes > 0:
-                stopped = self.signals.name or "time limit"
-                stopped = broadcast_object(stopped, env)
+            if stopping:
                 break
             periodic = tc.save_every and step % tc.save_every == 0 and not self.bad.in_a_row
-            if step == tc.max_steps or periodic:  # no periodic save inside a non-finite streak
+            if step == self.max_steps or periodic:  # no periodic save inside a non-finite streak
                 self._save()
         if stopped != "complete" or self.saved_step != p.step:
             self._save(stopped)
@@ -407,3 +421,21 @@ class _Trainer:
             self.log.message(f"stopped at step {p.step} ({stopped}); checkpoint {self.last_ckpt}")
         return stopped
 
+    def _fix_max_steps(self, step: int, tokens_per_step: int) -> None:
+        """train.max_steps: auto, at the end of the probe: measure, fix the total, record it, log it."""
+        tc, env = self.tc, self.env
+        measured = self.step_times[1:] or self.step_times  # this invocation's first step pays for warm-up
+        step_s = self.faults.step_seconds or sum(measured) / len(measured)
+        # one validation pass: eval_batches forward passes of the global batch (a forward ~ 1/3 of a micro-step)
+        eval_s = tc.eval_batches * env.world_size * step_s / (3 * tc.grad_accum) if self.eval_enabled else 0.0
+        consumed = 60 * tc.max_minutes - self.time_left + (time.perf_counter() - self.t_start)
+        if self.faults.step_seconds:  # the pretend clock of the time-budget tests
+            consumed = step * self.faults.step_seconds
+        plan = plan_steps(max_minutes=tc.max_minutes, elapsed_s=consumed, step_seconds=step_s,
+                          tokens_per_step=tokens_per_step, probe=step, eval_seconds=eval_s, eval_every=tc.eval_every)
+        plan = broadcast_object(plan, env)  # every rank trains rank 0's number of steps
+        self.max_steps = plan.max_steps
+        if env.is_main:
+            write_plan(self.rundir, plan)
+        self.log.set_total(plan.max_steps)
+        self.log.message(plan.describe())

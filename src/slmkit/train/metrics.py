@@ -50,7 +50,7 @@ def _clean(value: Any) -> Any:
 class MetricsLogger:
     """Writes metrics.jsonl + TensorBoard and drives the progress bar; a no-op when not `enabled`."""
 
-    def __init__(self, run: str | Path | RunDir, start_step: int, max_steps: int, enabled: bool = True,
+    def __init__(self, run: str | Path | RunDir, start_step: int, max_steps: int | None, enabled: bool = True,
                  progress: bool = True) -> None:
         self.enabled = enabled
         self.run = RunDir.of(run)
@@ -93,6 +93,11 @@ class MetricsLogger:
         self._bar.update(step - self._bar.n)
         if postfix:
             self._bar.set_postfix(postfix, refresh=False)
+
+    def set_total(self, max_steps: int) -> None:
+        """The bar's total, once a time-budgeted run has fixed it."""
+        if self._bar is not None:
+            self._bar.set_total(max_steps)
 
     def message(self, text: str) -> None:
         """A line on stderr that does not break the progress bar."""
