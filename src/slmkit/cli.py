@@ -13,7 +13,7 @@ from slmkit.errors import BrokenInstallError, SlmError
 # Verbs that are not pipeline stages; the stage verbs come from the stage registry.
 TOOL_COMMANDS = ("slmkit.commands.run", "slmkit.commands.model", "slmkit.commands.generate", "slmkit.commands.import_",
                  "slmkit.commands.export", "slmkit.commands.quantize", "slmkit.commands.serve",
-                 "slmkit.commands.chat")
+                 "slmkit.commands.chat", "slmkit.commands.plan", "slmkit.commands.sweep")
 
 
 def command_modules() -> list[str]:

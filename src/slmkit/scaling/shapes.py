@@ -1,0 +1,85 @@
+"""A LLaMA-style model shape (layers, width, heads) for a parameter count.
+
+Laws speak of N; memory, attention FLOPs and a recipe need a shape. Among widths that are multiples
+of 64 (heads of 64; 32 below 128) and depths 1..128, we take the shapes whose parameter count is
+within 10% of the target and, of those, the one whose width/depth ratio is nearest 64 below
+~1B parameters and 128 from ~10B (LLaMA-7B is 4096/32 = 128, our tiny-llama 384/6 = 64, phi-1.5 85);
+Kaplan et al. found loss nearly flat over a wide range of such ratios.
+
+Which parameters count as N is the caller's `count`: "total" (Chinchilla), "non-embedding" (every
+weight but the input embedding table, as models/accounting.py) or "layers" (Kaplan: neither the
+embedding nor the output head).
+"""
+
+from __future__ import annotations
+
+import math
+
+from slmkit.errors import SlmError, check_choice
+from slmkit.models.config import ModelConfig
+from slmkit.models.presets import LLAMA_STYLE
+
+COUNTS = ("total", "non-embedding", "layers")
+
+
+def llama_config(d_model: int, n_layers: int, vocab_size: int, seq_len: int) -> ModelConfig:
+    """The LLaMA-style ModelConfig of that width and depth (heads of 64, or 32 below width 128)."""
+    head = 64 if d_model >= 128 else 32
+    multiple_of = 256 if d_model >= 512 else 64
+    return ModelConfig(**LLAMA_STYLE, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                       n_heads=max(1, d_model // head), multiple_of=multiple_of, max_seq_len=seq_len)
+
+
+def param_count(cfg: ModelConfig, count: str = "total") -> int:
+    """Parameters of a LLaMA-style config, in closed form (equal to accounting.count_params)."""
+    d, kv = cfg.d_model, cfg.kv_heads * cfg.head_dim
+    layer = d * (d + 2 * kv) + d * d + 3 * d * cfg.ffn_hidden + 2 * d
+    layers = cfg.n_layers * layer + d  # + the final norm
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
+    if count == "layers":
+        return layers
+    if count == "non-embedding":
+        return layers + head
+    return layers + head + cfg.vocab_size * d
+
+
+def _target_aspect(params: float) -> float:
+    """Width/depth wanted: 64 up to 1e9 parameters, 128 from 1e10, log-linear between."""
+    t = min(1.0, max(0.0, (math.log10(max(params, 1.0)) - 9.0)))
+    return 64 * 2**t
+
+
+def _widths() -> list[int]:
+    """Candidate widths: steps of 64 up to 1024, 128 up to 4096, then 256."""
+    return [*range(64, 1024, 64), *range(1024, 4096, 128), *range(4096, 32769, 256)]
+
+
+def _fast_count(d_model: int, n_layers: int, vocab_size: int, count: str) -> int:
+    """param_count without building a ModelConfig (the search tries thousands of shapes)."""
+    multiple_of = 256 if d_model >= 512 else 64
+    ffn = multiple_of * ((int(8 * d_model / 3) + multiple_of - 1) // multiple_of)
+    layers = n_layers * (4 * d_model * d_model + 3 * d_model * ffn + 2 * d_model) + d_model
+    return layers + {"layers": 0, "non-embedding": 1, "total": 2}[count] * vocab_size * d_model
+
+
+def shape_for_params(params: float, vocab_size: int, seq_len: int, count: str = "total") -> ModelConfig:
+    """The LLaMA-style shape nearest `params` (see the module docstring)."""
+    check_choice(count, COUNTS, "parameter count")
+    if not params > 0:
+        raise SlmError(f"parameter count must be > 0, got {params}")
+    aspect = _target_aspect(params)
+    best = None
+    for n_layers in range(1, 129):
+        for d_model in _widths():
+            n = _fast_count(d_model, n_layers, vocab_size, count)
+            size_error = abs(math.log(n / params))
+            key = (size_error > math.log(1.1), abs(math.log(d_model / n_layers / aspect)), size_error, d_model, n_layers)
+            best = key if best is None or key < best else best
+            if n > 1.3 * params:
+                break
+    return llama_config(best[3], best[4], vocab_size, seq_len)
+
+
+def smallest_params(vocab_size: int, seq_len: int, count: str = "total") -> int:
+    """N of the smallest shape there is (one layer of width 64)."""
+    return param_count(llama_config(64, 1, vocab_size, seq_len), count)
