@@ -196,3 +196,9 @@ def test_plan_needs_exactly_one_budget(capsys):
         main(["plan", "--flops", "1e20", "--params", "1e9"])
     assert exc.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_shape_between_sizes_is_the_nearest_not_the_best_aspect():
+    """No shape within 10% of 250k (vocab 1024, all but the embedding): the nearest wins, not 1 x 64 (119k)."""
+    cfg = shape_for_params(250e3, 1024, 256, count="non-embedding")
+    assert param_count(cfg, "non-embedding") == pytest.approx(250e3, rel=0.15)

@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     silently missing verb."""
     parser = argparse.ArgumentParser(
         prog="slm",
-        description="slmkit: train a tokenizer, prepare data, train, evaluate, sample, quantize and export small "
-        "language models.",
+        description="slmkit: plan, train a tokenizer, prepare data, train, evaluate, sample, quantize, export and "
+        "serve small language models.",
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

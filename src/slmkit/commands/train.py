@@ -15,15 +15,18 @@ EPILOG = """\
 examples:
   slm train recipes/quickstart.yaml train.max_steps=30 train.log_every=5 --out runs/q
   slm train recipes/quickstart.yaml train.max_steps=60 --out runs/q       # continue to step 60
+  slm train recipes/quickstart.yaml train.max_steps=auto train.max_minutes=5 --out runs/q5
+      # as many steps as fit 5 minutes here, measured in the first warm-up steps (docs/scaling.md)
   torchrun --nproc_per_node 2 -m slmkit.cli train recipes/quickstart.yaml train.parallel=fsdp --out runs/q2
 
-recipe keys (train.*): max_steps max_minutes batch_size grad_accum optimizer (llama | phi-1_5) lr
+recipe keys (train.*): max_steps (N | auto) max_minutes batch_size grad_accum optimizer (llama | phi-1_5) lr
   min_lr_ratio betas eps weight_decay grad_clip schedule (cosine | constant | linear | wsd) warmup_steps
   decay_fraction precision (auto | fp32 | bf16 | fp16) compile activation_checkpointing
   parallel (none | ddp | fsdp) reshard_after_forward device save_every log_every eval_every
   eval_batches keep_last seed max_bad_steps init_from
 
-writes OUT/ckpt/step-NNNNNN/ (HF folder + optimizer state), OUT/ckpt/latest, OUT/metrics.jsonl, OUT/tb/;
+writes OUT/ckpt/step-NNNNNN/ (HF folder + optimizer state), OUT/ckpt/latest, OUT/metrics.jsonl, OUT/tb/
+(and OUT/train_budget.json with max_steps: auto);
 prints a JSON summary on stdout. Exit code 0 when done or stopped by train.max_minutes,
 130/143 after SIGINT/SIGTERM (a checkpoint is written first; run again to resume).
 """

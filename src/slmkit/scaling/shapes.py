@@ -2,7 +2,7 @@
 
 Laws speak of N; memory, attention FLOPs and a recipe need a shape. Among widths that are multiples
 of 64 (heads of 64; 32 below 128) and depths 1..128, we take the shapes whose parameter count is
-within 10% of the target and, of those, the one whose width/depth ratio is nearest 64 below
+within 10% of the target (or, when none is, the nearest) and, of those, the one whose width/depth ratio is nearest 64 below
 ~1B parameters and 128 from ~10B (LLaMA-7B is 4096/32 = 128, our tiny-llama 384/6 = 64, phi-1.5 85);
 Kaplan et al. found loss nearly flat over a wide range of such ratios.
 
@@ -73,7 +73,9 @@ def shape_for_params(params: float, vocab_size: int, seq_len: int, count: str = 
         for d_model in _widths():
             n = _fast_count(d_model, n_layers, vocab_size, count)
             size_error = abs(math.log(n / params))
-            key = (size_error > math.log(1.1), abs(math.log(d_model / n_layers / aspect)), size_error, d_model, n_layers)
+            # within 10% of the target any shape will do (then the aspect decides); beyond, the nearest size
+            key = (max(0.0, size_error - math.log(1.1)), abs(math.log(d_model / n_layers / aspect)), size_error,
+                   d_model, n_layers)
             best = key if best is None or key < best else best
             if n > 1.3 * params:
                 break
