@@ -105,7 +105,8 @@ def test_shape_has_about_the_parameters_asked_and_closed_form_counts_match(targe
     assert param_count(cfg) == pytest.approx(target, rel=0.1) or target < param_count(shape_for_params(1, vocab, 2048))
     assert param_count(cfg) == count_params(cfg)
     assert param_count(cfg, "non-embedding") == count_params_non_embedding(cfg)
-    assert 32 <= cfg.d_model / cfg.n_layers <= 200
+    if target >= 1e7:  # below, the few shapes near the target (mostly embeddings) decide, not the aspect
+        assert 32 <= cfg.d_model / cfg.n_layers <= 200
 
 
 # ---------------------------------------------------------------------------- the CLI

@@ -1,7 +1,7 @@
 """A LLaMA-style model shape (layers, width, heads) for a parameter count.
 
-Laws speak of N; memory, attention FLOPs and a recipe need a shape. Among widths that are multiples
-of 64 (heads of 64; 32 below 128) and depths 1..128, we take the shapes whose parameter count is
+Laws speak of N; memory, attention FLOPs and a recipe need a shape. Among widths 16, 32, 48 and
+multiples of 64 (heads of 64; 32 below 128; 16 below 64) and depths 1..128, we take the shapes whose parameter count is
 within 10% of the target (or, when none is, the nearest) and, of those, the one whose width/depth ratio is nearest 64 below
 ~1B parameters and 128 from ~10B (LLaMA-7B is 4096/32 = 128, our tiny-llama 384/6 = 64, phi-1.5 85);
 Kaplan et al. found loss nearly flat over a wide range of such ratios.
@@ -23,8 +23,8 @@ COUNTS = ("total", "non-embedding", "layers")
 
 
 def llama_config(d_model: int, n_layers: int, vocab_size: int, seq_len: int) -> ModelConfig:
-    """The LLaMA-style ModelConfig of that width and depth (heads of 64, or 32 below width 128)."""
-    head = 64 if d_model >= 128 else 32
+    """The LLaMA-style ModelConfig of that width and depth (heads of 64; 32 below width 128; 16 below 64)."""
+    head = 64 if d_model >= 128 else 32 if d_model >= 64 else 16
     multiple_of = 256 if d_model >= 512 else 64
     return ModelConfig(**LLAMA_STYLE, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
                        n_heads=max(1, d_model // head), multiple_of=multiple_of, max_seq_len=seq_len)
@@ -50,8 +50,9 @@ def _target_aspect(params: float) -> float:
 
 
 def _widths() -> list[int]:
-    """Candidate widths: steps of 64 up to 1024, 128 up to 4096, then 256."""
-    return [*range(64, 1024, 64), *range(1024, 4096, 128), *range(4096, 32769, 256)]
+    """Candidate widths: 16, 32, 48 (CPU sweeps reach below one layer of width 64), then steps of 64 up to
+    1024, 128 up to 4096, then 256."""
+    return [16, 32, 48, *range(64, 1024, 64), *range(1024, 4096, 128), *range(4096, 32769, 256)]
 
 
 def _fast_count(d_model: int, n_layers: int, vocab_size: int, count: str) -> int:
@@ -83,5 +84,5 @@ def shape_for_params(params: float, vocab_size: int, seq_len: int, count: str = 
 
 
 def smallest_params(vocab_size: int, seq_len: int, count: str = "total") -> int:
-    """N of the smallest shape there is (one layer of width 64)."""
-    return param_count(llama_config(64, 1, vocab_size, seq_len), count)
+    """N of the smallest shape there is (one layer of the smallest width)."""
+    return param_count(llama_config(_widths()[0], 1, vocab_size, seq_len), count)

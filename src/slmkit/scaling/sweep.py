@@ -220,26 +220,40 @@ def run_sweep(recipe, out: Path, budgets: list[float], sizes: list[float] | None
 def fit_points(points: list[dict[str, Any]], n_boot: int = 200) -> dict[str, Any]:
     """fit.py's fits, keeping going where a budget's sizes do not bracket a minimum.
 
-    Such a budget is reported (vertex None) and left out of the power laws, which need two budgets
-    with a vertex; without them `isoflop` is None and `isoflop_error` says why. The parametric fit
-    uses every point."""
+    A budget whose parabola has no vertex, or one outside the sizes tried (an extrapolation), is
+    reported and left out of the power laws, which need two budgets with a minimum inside their
+    sizes; without them `isoflop` is None and `isoflop_error` says why and what to try. The
+    parametric fit uses every point."""
     from slmkit.scaling.fit import fit_isoflop, fit_isoflop_parabolas, fit_parametric_bootstrap
 
     groups = fit_isoflop_parabolas(points, strict=False)
-    usable = {g["budget"] for g in groups if g["params_opt"] is not None}
+    usable = {g["budget"] for g in groups if g["params_opt"] is not None and g["inside_range"]}
     fit: dict[str, Any] = {"isoflop": None, "isoflop_error": None, "parametric": None, "parametric_error": None,
                            "n_points": len(points), "budgets": groups}
     if len(usable) >= 2:
         fit["isoflop"] = fit_isoflop([p for p in points if p["budget"] in usable], n_boot=n_boot, seed=0)
     else:
-        bad = ", ".join(f"{g['budget']:.0e}" for g in groups if g["params_opt"] is None)
-        fit["isoflop_error"] = (f"the loss has no minimum inside the sizes of budget(s) {bad}: the power laws need two "
-                                "budgets with one; try --sizes around the smallest loss of each budget")
+        fit["isoflop_error"] = ("the power laws need two budgets whose loss has its minimum inside the sizes tried; "
+                                + "; ".join(_why_no_minimum(points, g) for g in groups if g["budget"] not in usable))
     try:
         fit["parametric"] = fit_parametric_bootstrap(points, n_boot=min(n_boot, 100), seed=0)
     except SlmError as exc:
         fit["parametric_error"] = str(exc)
     return fit
+
+
+def _why_no_minimum(points: list[dict[str, Any]], group: dict[str, Any]) -> str:
+    """Which side of the sizes tried the best one sits on, and what to change."""
+    mine = sorted((p for p in points if p["budget"] == group["budget"]), key=lambda p: p["params"])
+    best = min(range(len(mine)), key=lambda i: mine[i]["loss"])
+    where = f"budget {group['budget']:.0e}"
+    if best == 0:
+        return (f"{where}: the smallest size ({mine[0]['params'] / 1e6:.3g}M) is the best, the optimum is below the "
+                "sizes tried (smaller --sizes; with a large vocabulary the output head alone sets the smallest "
+                "model: try a smaller tokenizer.vocab_size, or larger budgets)")
+    if best == len(mine) - 1:
+        return f"{where}: the largest size ({mine[-1]['params'] / 1e6:.3g}M) is the best (try larger --sizes)"
+    return f"{where}: the losses are too noisy for a parabola (more sizes, or more --eval-batches)"
 
 
 def write_fit(out: Path, points: list[dict[str, Any]], recipe, *, n_boot: int = 200,
