@@ -148,7 +148,8 @@ def print_plan(plan: dict[str, Any]) -> None:
         ("budget", f"{plan['budget_flops']:.3g} FLOPs"),
         ("params", f"{_si(plan['params'])} {detail['param_count']}  (shape: {m['n_layers']} layers x "
                    f"{m['d_model']} wide, {m['n_heads']} heads, MLP {m['ffn_hidden']}, vocab {m['vocab_size']}: "
-                   f"{_si(m['params_counted'])} {detail['param_count']}, {_si(m['params'])} in all)"),
+                   + (f"{_si(m['params'])})" if detail["param_count"] == "total" else
+                      f"{_si(m['params_counted'])} {detail['param_count']}, {_si(m['params'])} in all)")),
         ("tokens", f"{_si(plan['tokens'])}  ({plan['tokens_per_param']:.1f} tokens per parameter)"),
         ("FLOPs", f"{plan['flops']:.3g}  (6ND {plan['flops_6nd']:.3g} + attention {plan['attention_flops']:.3g} "
                   f"at context {m['seq_len']})"),
