@@ -180,8 +180,8 @@ def test_estimate_matches_allocator_peak(family, vocab, precision, checkpointing
 
 RSS_SCRIPT = textwrap.dedent('''
     """Peak RSS of a real training step per case, each measured from the RSS just before the model
-    is built; /proc/self/clear_refs (5) resets the high-water mark between cases."""
-    import contextlib, gc, json, os, resource, sys
+    is built; /proc/self/clear_refs (5) resets the high-water mark (VmHWM) between cases."""
+    import contextlib, gc, json, os, sys
     import torch
     from slmkit.models.config import ModelConfig
     from slmkit.models.decoder import build_model
@@ -206,6 +206,12 @@ RSS_SCRIPT = textwrap.dedent('''
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    def high_water():
+        # VmHWM: this address space's peak RSS, which clear_refs resets. Not ru_maxrss: that also keeps
+        # the peak of the forking parent (pytest, GBs into a full run) carried over the exec.
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
     spec = json.loads(sys.argv[1])
     cfg = ModelConfig(**spec["model"]).validate()
     small = cfg.replace(vocab_size=256, d_model=64, n_layers=1, n_heads=4)
@@ -218,7 +224,7 @@ RSS_SCRIPT = textwrap.dedent('''
             f.write("5")
         before = rss()
         train(cfg, spec["batch"], spec["seq"], precision, checkpointing)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        peak = high_water() - before
         out.append([precision, checkpointing, peak])
     print(json.dumps(out))
 ''')

@@ -19,6 +19,7 @@ from slmkit.scaling.shapes import param_count
 from slmkit.scaling.sweep import (
     MIN_STEPS,
     PARAM_COUNT,
+    SweepDir,
     auto_sizes,
     build_grid,
     fit_points,
@@ -107,11 +108,11 @@ def test_fit_recovers_the_law_and_a_budget_without_minimum_is_reported():
 
 def test_fit_outputs_are_a_law_for_slm_plan(tmp_path, capsys):
     recipe = recipe_from_dict(json.loads(json.dumps(TINY_RECIPE)))
-    fit = write_fit(tmp_path, law_points(), recipe, n_boot=30, log=lambda _: None)
+    fit = write_fit(SweepDir(tmp_path), law_points(), recipe, n_boot=30, log=lambda _: None)
     saved = json.loads((tmp_path / "fit.json").read_text())
     assert saved["param_count"] == PARAM_COUNT and len(saved["points"]) == 28
     assert (tmp_path / "isoflop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "isoflop.html").read_text()
     assert "Chinchilla approach 1" in page and "Kaplan" in page and "data:image/png;base64," in page
     law = get_law(str(tmp_path / "fit.json"))
     assert law.count == PARAM_COUNT and law.a == pytest.approx(fit["isoflop"]["params"]["a"])
@@ -136,7 +137,7 @@ def test_tiny_sweep_end_to_end_and_resumable(tmp_path):
     assert len(runs) == 6 and all((out / "runs" / r / "ckpt" / "latest").exists() for r in runs)
     fit = json.loads((out / "fit.json").read_text())
     assert len(fit["points"]) == 6 and all(p["loss"] > 0 for p in fit["points"])
-    assert (out / "isoflop.png").is_file() and (out / "report.html").is_file()
+    assert (out / "isoflop.png").is_file() and (out / "isoflop.html").is_file()
     if first.returncode == 1:  # tiny runs may all prefer the smallest model: then it must say so
         assert "no scaling law" in first.stderr and fit["isoflop"] is None
     else:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Then fit per-budget parabolas of loss against log N, the power laws N_opt = k C^a and D_opt = k C^b "
         "(Chinchilla approach 2) and L(N, D) = E + A/N^alpha + B/D^beta with a Huber loss on log-loss (approach 3), "
         "all with bootstrap intervals. Writes DIR/fit.json (usable as slm plan --law DIR/fit.json), "
-        "DIR/isoflop.png and DIR/report.html.",
+        "DIR/isoflop.png and DIR/isoflop.html (the report page).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     iso.add_argument("recipe", metavar="RECIPE", help="a pretraining recipe (its tokenizer, data and train settings)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of `slm sweep isoflop`."""
     from slmkit.config import load_recipe
     from slmkit.errors import SlmError
-    from slmkit.scaling.sweep import parse_budgets, parse_sizes, run_sweep
+    from slmkit.scaling.sweep import SweepDir, parse_budgets, parse_sizes, run_sweep
     from slmkit.scaling.sweep_report import exponent_rows
 
     budgets, sizes = parse_budgets(args.budgets), parse_sizes(args.sizes)
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{source:<45} a {a:<22} b {b}")
     if fit["parametric_error"]:
         print(fit["parametric_error"])
-    print(f"fit: {Path(args.out) / 'fit.json'}  plot: {Path(args.out) / 'isoflop.png'}  "
-          f"report: {Path(args.out) / 'report.html'}")
+    sweep = SweepDir(args.out)
+    print(f"fit: {sweep.fit}  plot: {sweep.plot}  report: {sweep.page}")
     if fit["isoflop"] is None:
         print(f"error: no scaling law: {fit['isoflop_error']}", file=sys.stderr)
         return 1

@@ -3,7 +3,8 @@
 For each budget C, models of several sizes N (LLaMA-style shapes from shapes.py) train on
 D = C / 6N tokens each: every run is a normal run folder (DIR/runs/NAME) made by the stage runner
 from the recipe, with the model shape, train.max_steps and a warm-up scaled to the run, and one
-final evaluation. The tokenizer and data are prepared once (DIR/base) and linked into each run.
+final evaluation. The tokenizer and data are prepared once (DIR/base) and linked into each run
+(SweepDir names every path).
 Finished runs are reused, interrupted ones resume. Then fit.py fits per-budget parabolas and the
 power laws N_opt = k C^a, D_opt = k C^b (approach 2) and the parametric L(N, D) (approach 3).
 
@@ -33,6 +34,21 @@ PARAM_COUNT = "non-embedding"
 AUTO_POINTS = 5
 AUTO_SPREAD = 2.0  # neighbouring sizes of an auto grid differ by this factor
 MIN_STEPS = 20  # a run shorter than this says little: such sizes are left out of the grid
+
+
+class SweepDir:
+    """A sweep folder: base/ (tokenizer and data), runs/NAME/ (run folders), fit.json, isoflop.png/.html."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    base = property(lambda self: self.root / "base")
+    fit = property(lambda self: self.root / "fit.json")
+    plot = property(lambda self: self.root / "isoflop.png")
+    page = property(lambda self: self.root / "isoflop.html")
+
+    def run(self, name: str) -> Path:
+        return self.root / "runs" / name
 
 
 @dataclass(frozen=True)
@@ -176,10 +192,14 @@ def run_sweep(recipe, out: Path, budgets: list[float], sizes: list[float] | None
     from slmkit.pipeline.rundir import open_run_dir
     from slmkit.pipeline.stages import run_stages
 
-    if recipe.task != "pretrain":
+    from slmkit.objectives import get_objective
+    from slmkit.objectives.pretrain import PretrainObjective
+
+    if type(get_objective(recipe.task, recipe)) is not PretrainObjective:
         raise SlmError(f"slm sweep isoflop trains decoders on recipe task 'pretrain', not {recipe.task!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    base = open_run_dir(out / "base", recipe, force=force)
+    sweep = SweepDir(out)
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    base = open_run_dir(sweep.base, recipe, force=force)
     log("preparing the tokenizer and data once (reused by every run)")
     run_stages(recipe, base, ["tokenizer", "data"], log=lambda text: log(f"  {text}"), progress=progress, record=False)
     from slmkit.tokenizer import load_tokenizer
@@ -194,7 +214,7 @@ def run_sweep(recipe, out: Path, budgets: list[float], sizes: list[float] | None
     points, started = [], time.perf_counter()
     for i, grid_run in enumerate(grid, start=1):
         rrecipe = run_recipe(base_dict, grid_run, eval_batches)
-        run_dir = open_run_dir(out / "runs" / grid_run.name, rrecipe, force=force)  # refuses another recipe
+        run_dir = open_run_dir(sweep.run(grid_run.name), rrecipe, force=force)  # refuses another recipe
         loss = final_loss(run_dir)
         if loss is None:
             log(f"[{i}/{len(grid)}] {grid_run.describe()}: training")
@@ -214,7 +234,7 @@ def run_sweep(recipe, out: Path, budgets: list[float], sizes: list[float] | None
                        "flops": 6 * grid_run.params * grid_run.tokens, "loss": loss, "run": grid_run.name,
                        "n_layers": grid_run.n_layers, "d_model": grid_run.d_model})
     log(f"trained in {time.perf_counter() - started:.0f} s; fitting")
-    return write_fit(out, points, recipe, n_boot=n_boot, log=log)
+    return write_fit(sweep, points, recipe, n_boot=n_boot, log=log)
 
 
 def fit_points(points: list[dict[str, Any]], n_boot: int = 200) -> dict[str, Any]:
@@ -256,17 +276,17 @@ def _why_no_minimum(points: list[dict[str, Any]], group: dict[str, Any]) -> str:
     return f"{where}: the losses are too noisy for a parabola (more sizes, or more --eval-batches)"
 
 
-def write_fit(out: Path, points: list[dict[str, Any]], recipe, *, n_boot: int = 200,
+def write_fit(sweep: SweepDir, points: list[dict[str, Any]], recipe, *, n_boot: int = 200,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """fit.json, isoflop.png and report.html in `out` from the sweep's points."""
+    """fit.json, isoflop.png and isoflop.html in the sweep folder from the sweep's points."""
     from slmkit.fileio import atomic_write_json
     from slmkit.scaling.sweep_report import write_plot, write_report
 
     fit = fit_points(points, n_boot=n_boot)
-    fit.update(source=f"slm sweep isoflop {recipe.name} ({out})", param_count=PARAM_COUNT,
+    fit.update(source=f"slm sweep isoflop {recipe.name} ({sweep.root})", param_count=PARAM_COUNT,
                seq_len=recipe.data.seq_len, points=points)
-    atomic_write_json(out / "fit.json", fit)
-    write_plot(fit, out / "isoflop.png")
-    write_report(fit, out / "report.html", plot=out / "isoflop.png")
-    log(f"wrote {out / 'fit.json'}, {out / 'isoflop.png'}, {out / 'report.html'}")
+    atomic_write_json(sweep.fit, fit)
+    write_plot(fit, sweep.plot)
+    write_report(fit, sweep.page, plot=sweep.plot)
+    log(f"wrote {sweep.fit}, {sweep.plot}, {sweep.page}")
     return fit
