@@ -189,11 +189,10 @@ def run_sweep(recipe, out: Path, budgets: list[float], sizes: list[float] | None
               progress: bool = False) -> dict[str, Any]:
     """Prepare once, train every grid run (reusing finished ones), fit, write fit.json, plot and report."""
     from slmkit.config import to_dict
-    from slmkit.pipeline.rundir import open_run_dir
-    from slmkit.pipeline.stages import run_stages
-
     from slmkit.objectives import get_objective
     from slmkit.objectives.pretrain import PretrainObjective
+    from slmkit.pipeline.rundir import open_run_dir
+    from slmkit.pipeline.stages import run_stages
 
     if type(get_objective(recipe.task, recipe)) is not PretrainObjective:
         raise SlmError(f"slm sweep isoflop trains decoders on recipe task 'pretrain', not {recipe.task!r}")
