@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import yaml
+from scaling_utils import CHINCHILLA, isoflop_points
 from train_utils import TINY_RECIPE, subprocess_env
 
 from slmkit.cli import main
@@ -28,24 +29,6 @@ from slmkit.scaling.sweep import (
     run_recipe,
     write_fit,
 )
-
-CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
-
-
-def law_points(budgets=(1e18, 1e19, 1e20, 1e21), spread=0.6, sizes=7, **law) -> list[dict]:
-    """Points of a known L(N, D) on an IsoFLOP grid centred on each budget's true optimum."""
-    p = {**CHINCHILLA, **law}
-    a = p["beta"] / (p["alpha"] + p["beta"])
-    g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
-    points = []
-    for c in budgets:
-        n_opt = g * (c / 6) ** a
-        for i in range(sizes):
-            n = n_opt * 10 ** (spread * (2 * i / (sizes - 1) - 1))
-            d = c / (6 * n)
-            points.append({"budget": c, "params": n, "tokens": d,
-                           "loss": p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]})
-    return points
 
 
 def test_budgets_and_sizes_are_parsed_and_checked():
@@ -92,11 +75,11 @@ def test_run_recipe_sets_shape_steps_warmup_and_one_final_evaluation():
 
 
 def test_fit_recovers_the_law_and_a_budget_without_minimum_is_reported():
-    fit = fit_points(law_points(), n_boot=50)
+    fit = fit_points(isoflop_points(CHINCHILLA), n_boot=50)
     assert fit["isoflop"]["params"]["a"] == pytest.approx(0.28 / 0.62, rel=0.01)
     assert fit["parametric"]["alpha"] == pytest.approx(0.34, rel=0.01)
     # a budget whose sizes all sit on one side of its minimum: a falling line, no vertex
-    points = law_points(budgets=(1e18, 1e19, 1e20))
+    points = isoflop_points(CHINCHILLA, budgets=(1e18, 1e19, 1e20))
     points += [{"budget": 1e21, "params": n, "tokens": 1e21 / (6 * n), "loss": 3.0 - 0.1 * math.log10(n)}
                for n in (1e8, 2e8, 4e8)]
     fit = fit_points(points, n_boot=20)
@@ -108,7 +91,7 @@ def test_fit_recovers_the_law_and_a_budget_without_minimum_is_reported():
 
 def test_fit_outputs_are_a_law_for_slm_plan(tmp_path, capsys):
     recipe = recipe_from_dict(json.loads(json.dumps(TINY_RECIPE)))
-    fit = write_fit(SweepDir(tmp_path), law_points(), recipe, n_boot=30, log=lambda _: None)
+    fit = write_fit(SweepDir(tmp_path), isoflop_points(CHINCHILLA), recipe, n_boot=30, log=lambda _: None)
     saved = json.loads((tmp_path / "fit.json").read_text())
     assert saved["param_count"] == PARAM_COUNT and len(saved["points"]) == 28
     assert (tmp_path / "isoflop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,6 @@ tokenizer and prepares the data through the same runner as `slm run`.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -87,19 +86,16 @@ def _train_current(recipe: Recipe, run: RunDir) -> bool:
 
     A run stopped by a signal or a kill resumes; a larger max_steps or max_minutes continues it.
     """
-    from slmkit.train.budget import is_auto
+    from slmkit.train.budget import finished, is_auto, recorded_max_steps
     from slmkit.train.checkpoint import read_trainer_state
 
     ckpt = run.latest_checkpoint()
     if ckpt is None:
         return False
     state = read_trainer_state(ckpt)
-    budget = recipe.train.max_minutes
-    out_of_time = budget is not None and state.get("train_time_s", 0.0) >= 60 * budget
-    target = recipe.train.max_steps
-    if is_auto(target):  # the total the run fixed for itself
-        target = state.get("max_steps") if isinstance(state.get("max_steps"), int) else math.inf
-    return state.get("step", 0) >= target or out_of_time
+    tc = recipe.train
+    total = recorded_max_steps(state, run, tc.max_minutes) if is_auto(tc.max_steps) else tc.max_steps
+    return finished(state, total, tc.max_minutes) is not None
 
 
 def _has_checkpoint(recipe: Recipe, run: RunDir) -> bool:

@@ -267,7 +267,7 @@ def parametric_loss(params: Mapping[str, float], N: Any, D: Any) -> Any:
     return float(loss) if np.ndim(loss) == 0 else loss
 
 
-def _allocation(params: Mapping[str, float]) -> dict[str, float]:
+def parametric_allocation(params: Mapping[str, float]) -> dict[str, float]:
     """The compute-optimal allocation exponents under C = 6ND: {"a", "b", "G"}."""
     alpha, beta = params["alpha"], params["beta"]
     with np.errstate(over="ignore", divide="ignore"):
@@ -277,7 +277,7 @@ def _allocation(params: Mapping[str, float]) -> dict[str, float]:
 
 def parametric_optimum(params: Mapping[str, float], C: Any) -> tuple[Any, Any]:
     """(N_opt, D_opt) minimizing the law at compute C = 6ND: N_opt = G (C/6)^a, D_opt = (C/6)^b / G."""
-    alloc = _allocation(params)
+    alloc = parametric_allocation(params)
     c6 = np.asarray(C, dtype=float) / 6
     n_opt, d_opt = alloc["G"] * c6 ** alloc["a"], c6 ** alloc["b"] / alloc["G"]
     if np.ndim(c6) == 0:
@@ -401,7 +401,7 @@ def _parametric_theta(data: dict[str, np.ndarray], delta: float, init_grid: Mapp
 def _parametric_result(theta: np.ndarray, fun: float, delta: float, n_points: int, n_starts: int) -> dict:
     """The JSON-ready output of fit_parametric."""
     law = _law(theta)
-    allocation = _allocation(law)
+    allocation = parametric_allocation(law)
     if not 0 < allocation["G"] < np.inf:
         raise SlmError(f"parametric fit: the allocation constant G = {allocation['G']:.3g} is out of range; "
                        "the points do not identify L(N, D)")
@@ -443,7 +443,7 @@ def _bootstrap_parametric(data: dict[str, np.ndarray], theta0: np.ndarray, delta
         if _identified(theta):
             continue
         law = _law(theta)
-        law.update({k: v for k, v in _allocation(law).items() if k in ("a", "b")})
+        law.update({k: v for k, v in parametric_allocation(law).items() if k in ("a", "b")})
         for name in CI_NAMES:
             samples[name].append(law[name])
     return samples
@@ -473,6 +473,17 @@ def fit_parametric_bootstrap(points: Sequence[Mapping[str, Any]], n_boot: int = 
 # Both
 
 
+def fit_parametric_or_error(points: Sequence[Mapping[str, Any]], n_boot: int = 100, seed: int = 0,
+                            level: float = 0.9) -> dict:
+    """{"parametric": fit_parametric_bootstrap, "parametric_error": None}, or {None, why it could not be fitted}
+    when there are too few points or the parameters are not identified."""
+    try:
+        return {"parametric": fit_parametric_bootstrap(points, n_boot=n_boot, seed=seed, level=level),
+                "parametric_error": None}
+    except SlmError as exc:
+        return {"parametric": None, "parametric_error": str(exc)}
+
+
 def fit_all(points: Sequence[Mapping[str, Any]], n_boot: int = 200, seed: int = 0, level: float = 0.9,
             n_boot_parametric: int | None = None) -> dict:
     """Both approaches: {"isoflop": fit_isoflop, "parametric": fit_parametric_bootstrap or None,
@@ -484,10 +495,5 @@ def fit_all(points: Sequence[Mapping[str, Any]], n_boot: int = 200, seed: int = 
     data = _as_arrays(points)
     isoflop = fit_isoflop(points, n_boot=n_boot, seed=seed, level=level)
     n_boot_p = min(int(n_boot), 100) if n_boot_parametric is None else n_boot_parametric
-    parametric, error = None, None
-    try:
-        parametric = fit_parametric_bootstrap(points, n_boot=n_boot_p, seed=seed, level=level)
-    except SlmError as exc:
-        error = str(exc)
-    return {"isoflop": isoflop, "parametric": parametric, "parametric_error": error,
+    return {"isoflop": isoflop, **fit_parametric_or_error(points, n_boot=n_boot_p, seed=seed, level=level),
             "n_points": int(len(data["loss"]))}

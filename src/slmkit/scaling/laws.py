@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError, did_you_mean
+from slmkit.scaling import fit
 from slmkit.scaling.shapes import COUNTS
 
 PF_DAY = 1e15 * 86400  # FLOPs in one petaflop/s-day (Kaplan's compute unit)
@@ -37,17 +39,13 @@ CHINCHILLA_TABLE3 = ((400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.2
                      (67e9, 5.76e23, 1.5e12))
 
 
-def fit_log_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least squares of log y = log k + a log x: returns (k, a)."""
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    a = sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sum((x - mx) ** 2 for x in lx)
-    return math.exp(my - a * mx), a
+# Kaplan et al. 2020 eq. (1.5) coefficients (docs/REFERENCE.md).
+KAPLAN_LOSS = {"N_c": 8.8e13, "alpha_N": 0.076, "D_c": 5.4e13, "alpha_D": 0.095}
 
 
 @dataclass
 class Parametric:
-    """L(N, D) = E + A / N^alpha + B / D^beta."""
+    """L(N, D) = E + A / N^alpha + B / D^beta; the formulas are fit.py's (the fitter uses the same ones)."""
 
     E: float
     A: float
@@ -56,22 +54,22 @@ class Parametric:
     beta: float
 
     def loss(self, params: float, tokens: float) -> float:
-        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+        return fit.parametric_loss(self.coefficients(), params, tokens)
 
     @property
     def a(self) -> float:
-        return self.beta / (self.alpha + self.beta)
+        return fit.parametric_allocation(self.coefficients())["a"]
 
     @property
     def b(self) -> float:
-        return self.alpha / (self.alpha + self.beta)
+        return fit.parametric_allocation(self.coefficients())["b"]
 
     @property
     def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        return fit.parametric_allocation(self.coefficients())["G"]
 
     def optimum(self, flops: float) -> tuple[float, float]:
-        return self.G * (flops / 6) ** self.a, (flops / 6) ** self.b / self.G
+        return fit.parametric_optimum(self.coefficients(), flops)
 
     def flops_for_params(self, params: float) -> float:
         return 6 * (params / self.G) ** (1 / self.a)
@@ -100,6 +98,7 @@ class Law:
     k_d: float = 0.0
     b: float = 0.0
     parametric: Parametric | None = None  # the loss (and, for kind "parametric", the optimum)
+    loss_fn: Callable[[float, float], float] | None = None  # a loss of another form (Kaplan's)
     count: str = "total"  # which parameters N counts (shapes.COUNTS): Chinchilla all, Kaplan the layers'
     loss_note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -125,7 +124,10 @@ class Law:
         return flops, self.optimum(flops)[0]
 
     def loss(self, params: float, tokens: float) -> float | None:
-        return self.parametric.loss(params, tokens) if self.parametric else None
+        """The predicted loss at (N, D), or None when the law has none."""
+        if self.parametric:
+            return self.parametric.loss(params, tokens)
+        return self.loss_fn(params, tokens) if self.loss_fn else None
 
     def describe(self) -> dict[str, Any]:
         """The law's name, source and coefficients (what the output shows)."""
@@ -155,10 +157,9 @@ class Law:
 
 def _chinchilla() -> Law:
     params, flops, tokens = zip(*CHINCHILLA_TABLE3)
-    k_n, a = fit_log_line(list(flops), list(params))
-    k_d, b = fit_log_line(list(flops), list(tokens))
+    n_law, d_law = fit.fit_power_law(flops, params), fit.fit_power_law(flops, tokens)
     return Law("chinchilla", "Hoffmann et al. 2022, approach 1: power laws fitted to the rows of Table 3",
-               "power", k_n, a, k_d, b)
+               "power", n_law["k"], n_law["a"], d_law["k"], d_law["a"])
 
 
 def _parametric(name: str, source: str, **coefficients: float) -> Law:
@@ -169,18 +170,17 @@ def _parametric(name: str, source: str, **coefficients: float) -> Law:
 def _kaplan() -> Law:
     a = 0.73
     k_n = 1.3e9 / PF_DAY**a  # N_opt = 1.3e9 (C / PF-day)^0.73, non-embedding parameters
-    # L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D: not of the parametric form; kept in `extra`
-    law = Law("kaplan", "Kaplan et al. 2020: N_opt = 1.3e9 (C / PF-day)^0.73, D = C / 6N", "power",
-              k_n, a, 1 / (6 * k_n), 1 - a, count="layers",
-              loss_note="Kaplan's L(N, D), nats per token of their tokenizer; N counts non-embedding parameters",
-              extra={"loss_coefficients": {"N_c": 8.8e13, "alpha_N": 0.076, "D_c": 5.4e13, "alpha_D": 0.095}})
-    return law
+    # L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D: not of the parametric form
+    return Law("kaplan", "Kaplan et al. 2020: N_opt = 1.3e9 (C / PF-day)^0.73, D = C / 6N", "power",
+               k_n, a, 1 / (6 * k_n), 1 - a, loss_fn=kaplan_loss, count="layers",
+               loss_note="Kaplan's L(N, D), nats per token of their tokenizer; N counts non-embedding parameters",
+               extra={"loss_coefficients": dict(KAPLAN_LOSS)})
 
 
 def kaplan_loss(params: float, tokens: float) -> float:
     """Kaplan et al. 2020 eq. (1.5): L(N, D) = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D."""
-    n_c, alpha_n, d_c, alpha_d = 8.8e13, 0.076, 5.4e13, 0.095
-    return ((n_c / params) ** (alpha_n / alpha_d) + d_c / tokens) ** alpha_d
+    k = KAPLAN_LOSS
+    return ((k["N_c"] / params) ** (k["alpha_N"] / k["alpha_D"]) + k["D_c"] / tokens) ** k["alpha_D"]
 
 
 LAWS = {
@@ -192,13 +192,6 @@ LAWS = {
         E=1.817, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658),
     "kaplan": _kaplan,
 }
-
-
-def law_loss(law: Law, params: float, tokens: float) -> float | None:
-    """The law's predicted loss at (N, D), or None when it has none."""
-    if law.name == "kaplan":
-        return kaplan_loss(params, tokens)
-    return law.loss(params, tokens)
 
 
 def get_law(name_or_file: str) -> Law:

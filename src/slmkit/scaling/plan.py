@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.scaling.laws import LAWS, Law, get_law, inference_optimum, law_loss
+from slmkit.scaling.laws import LAWS, Law, get_law, inference_optimum
 from slmkit.scaling.shapes import param_count, shape_for_params
 
 
@@ -45,11 +45,6 @@ def gpu_hardware(gpu: str, mfu: float, devices: int) -> Hardware:
     return Hardware(gpu, devices, peak * mfu, f"{devices} x {gpu} at {100 * mfu:.0f}% MFU of {peak / 1e12:.0f} TFLOP/s")
 
 
-def check_positive(value: float | None, flag: str) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise SlmError(f"{flag} must be a positive number, got {value}")
-
-
 def plan_for(law: Law, *, flops: float | None = None, params: float | None = None, tokens: float | None = None,
              hardware: Hardware | None = None, seq_len: int = 2048, vocab_size: int = 32000,
              micro_batch: int = 1, inference_tokens: float | None = None) -> dict[str, Any]:
@@ -77,7 +72,7 @@ def plan_for(law: Law, *, flops: float | None = None, params: float | None = Non
         "flops": 6 * n * d + attention,
         "flops_6nd": 6 * n * d,
         "attention_flops": attention,
-        "loss": law_loss(law, n, d),
+        "loss": law.loss(n, d),
         "model": {"n_layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
                   "ffn_hidden": cfg.ffn_hidden, "vocab_size": vocab_size, "seq_len": seq_len,
                   "params": param_count(cfg), "params_counted": param_count(cfg, law.count)},

@@ -1,8 +1,8 @@
 """`slm plan --machine here`: this machine's training throughput for a model shape, measured.
 
-A few real training steps (forward, backward, AdamW update) of a randomly initialised decoder on
-random tokens, with the trainer's precision rule (bf16 autocast where the device has it). The first
-steps warm kernels up and are not timed. Model FLOPs per token follow models/accounting.py.
+A few real training steps (forward, the model's own loss, backward, the trainer's AdamW update) of a
+randomly initialised decoder on random tokens, with the trainer's precision rule (bf16 autocast where the
+device has it). The first steps warm kernels up and are not timed. Model FLOPs per token follow models/accounting.py.
 """
 
 from __future__ import annotations
@@ -28,24 +28,25 @@ def measure_throughput(cfg: ModelConfig, *, seq_len: int, batch_size: int, steps
                        device: str = "auto", precision: str = "auto") -> Throughput:
     """Time `steps` training steps of `cfg` on batch_size x seq_len random tokens."""
     import torch
-    import torch.nn.functional as F
 
     from slmkit.device import autocast_for, resolve_device, resolve_precision
     from slmkit.models.accounting import flops_per_token
     from slmkit.models.decoder import Decoder
+    from slmkit.train.optim import PRESETS, build_optimizer
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     autocast = autocast_for(prec, dev)
     torch.manual_seed(0)
     model = Decoder(cfg).to(dev).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, PRESETS["llama"])  # the trainer's AdamW
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), device=dev)
+
+    batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
 
     def step() -> None:
         with autocast():
-            logits = model(tokens[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+            loss = model.loss(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

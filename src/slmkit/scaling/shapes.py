@@ -18,6 +18,7 @@ import math
 from slmkit.errors import SlmError, check_choice
 from slmkit.models.config import ModelConfig
 from slmkit.models.presets import LLAMA_STYLE
+from slmkit.scaling.memory import total_params
 
 COUNTS = ("total", "non-embedding", "layers")
 
@@ -31,16 +32,13 @@ def llama_config(d_model: int, n_layers: int, vocab_size: int, seq_len: int) -> 
 
 
 def param_count(cfg: ModelConfig, count: str = "total") -> int:
-    """Parameters of a LLaMA-style config, in closed form (equal to accounting.count_params)."""
-    d, kv = cfg.d_model, cfg.kv_heads * cfg.head_dim
-    layer = d * (d + 2 * kv) + d * d + 3 * d * cfg.ffn_hidden + 2 * d
-    layers = cfg.n_layers * layer + d  # + the final norm
-    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d
-    if count == "layers":
-        return layers
-    if count == "non-embedding":
-        return layers + head
-    return layers + head + cfg.vocab_size * d
+    """Parameters of a config as `count` counts them, in closed form (memory.total_params, which equals
+    accounting.count_params); "layers" keeps the final norm."""
+    embed = cfg.vocab_size * cfg.d_model
+    total = total_params(cfg)
+    if count == "total":
+        return total
+    return total - embed - (0 if count == "non-embedding" or cfg.tie_embeddings else embed)
 
 
 def _target_aspect(params: float) -> float:
@@ -55,14 +53,6 @@ def _widths() -> list[int]:
     return [16, 32, 48, *range(64, 1024, 64), *range(1024, 4096, 128), *range(4096, 32769, 256)]
 
 
-def _fast_count(d_model: int, n_layers: int, vocab_size: int, count: str) -> int:
-    """param_count without building a ModelConfig (the search tries thousands of shapes)."""
-    multiple_of = 256 if d_model >= 512 else 64
-    ffn = multiple_of * ((int(8 * d_model / 3) + multiple_of - 1) // multiple_of)
-    layers = n_layers * (4 * d_model * d_model + 3 * d_model * ffn + 2 * d_model) + d_model
-    return layers + {"layers": 0, "non-embedding": 1, "total": 2}[count] * vocab_size * d_model
-
-
 def shape_for_params(params: float, vocab_size: int, seq_len: int, count: str = "total") -> ModelConfig:
     """The LLaMA-style shape nearest `params` (see the module docstring)."""
     check_choice(count, COUNTS, "parameter count")
@@ -72,7 +62,7 @@ def shape_for_params(params: float, vocab_size: int, seq_len: int, count: str = 
     best = None
     for n_layers in range(1, 129):
         for d_model in _widths():
-            n = _fast_count(d_model, n_layers, vocab_size, count)
+            n = param_count(llama_config(d_model, n_layers, vocab_size, seq_len), count)
             size_error = abs(math.log(n / params))
             # within 10% of the target any shape will do (then the aspect decides); beyond, the nearest size
             key = (max(0.0, size_error - math.log(1.1)), abs(math.log(d_model / n_layers / aspect)), size_error,

@@ -243,21 +243,17 @@ def fit_points(points: list[dict[str, Any]], n_boot: int = 200) -> dict[str, Any
     reported and left out of the power laws, which need two budgets with a minimum inside their
     sizes; without them `isoflop` is None and `isoflop_error` says why and what to try. The
     parametric fit uses every point."""
-    from slmkit.scaling.fit import fit_isoflop, fit_isoflop_parabolas, fit_parametric_bootstrap
+    from slmkit.scaling.fit import fit_isoflop, fit_isoflop_parabolas, fit_parametric_or_error
 
     groups = fit_isoflop_parabolas(points, strict=False)
     usable = {g["budget"] for g in groups if g["params_opt"] is not None and g["inside_range"]}
-    fit: dict[str, Any] = {"isoflop": None, "isoflop_error": None, "parametric": None, "parametric_error": None,
-                           "n_points": len(points), "budgets": groups}
+    fit: dict[str, Any] = {"isoflop": None, "isoflop_error": None, "n_points": len(points), "budgets": groups,
+                           **fit_parametric_or_error(points, n_boot=min(n_boot, 100), seed=0)}
     if len(usable) >= 2:
         fit["isoflop"] = fit_isoflop([p for p in points if p["budget"] in usable], n_boot=n_boot, seed=0)
     else:
         fit["isoflop_error"] = ("the power laws need two budgets whose loss has its minimum inside the sizes tried; "
                                 + "; ".join(_why_no_minimum(points, g) for g in groups if g["budget"] not in usable))
-    try:
-        fit["parametric"] = fit_parametric_bootstrap(points, n_boot=min(n_boot, 100), seed=0)
-    except SlmError as exc:
-        fit["parametric_error"] = str(exc)
     return fit
 
 

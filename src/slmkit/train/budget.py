@@ -109,6 +109,16 @@ def read_plan(run: RunDir) -> dict[str, Any] | None:
     return None
 
 
+def finished(state: dict[str, Any], max_steps: int | None, max_minutes: float | None) -> str | None:
+    """'complete' when a checkpoint's trainer_state reached `max_steps` (None: not fixed yet), 'time limit'
+    when it spent `max_minutes`, else None (training goes on)."""
+    if max_steps is not None and state.get("step", 0) >= max_steps:
+        return "complete"
+    if max_minutes is not None and state.get("train_time_s", 0.0) >= 60 * max_minutes:
+        return "time limit"
+    return None
+
+
 def recorded_max_steps(state: dict[str, Any] | None, run: RunDir, max_minutes: float | None) -> int | None:
     """The total an auto run fixed earlier, or None when it has yet to measure itself.
 

@@ -25,7 +25,7 @@ from slmkit.errors import SlmError
 from slmkit.eval.loss import bits_per_byte, evaluate
 from slmkit.objectives import get_objective
 from slmkit.pipeline.rundir import RunDir
-from slmkit.train.budget import is_auto, plan_steps, probe_steps, recorded_max_steps, write_plan
+from slmkit.train.budget import finished, is_auto, plan_steps, probe_steps, recorded_max_steps, write_plan
 from slmkit.train.checkpoint import clean_temp, load_checkpoint, read_trainer_state, save_checkpoint
 from slmkit.train.distributed import (
     DistEnv,
@@ -124,7 +124,7 @@ class _Trainer:
         # train.max_steps: auto leaves the total unknown (None) until the probe has measured a step
         self.auto = is_auto(self.tc.max_steps)
         self.max_steps: int | None = None if self.auto else self.tc.max_steps
-        self.step_times: list[float] = []
+        self.step_times: list[float] = []  # of this invocation's probe steps
 
     # ------------------------------------------------------------------ setup
 
@@ -332,11 +332,9 @@ class _Trainer:
         state = read_trainer_state(ckpt) if ckpt is not None else None
         if self.auto:
             self.max_steps = recorded_max_steps(state, self.rundir, tc.max_minutes)
-        if state is not None:
-            if self.max_steps is not None and state["step"] >= self.max_steps:
-                return summary_from_state(state, ckpt, "complete")
-            if tc.max_minutes is not None and state.get("train_time_s", 0.0) >= 60 * tc.max_minutes:
-                return summary_from_state(state, ckpt, "time limit")
+        done = finished(state, self.max_steps, tc.max_minutes) if state is not None else None
+        if done:
+            return summary_from_state(state, ckpt, done)
         self._setup(ckpt)
         self.last_ckpt, self.saved_step = ckpt, self.progress.step
         self.log = MetricsLogger(self.rundir, self.progress.step, self.max_steps, enabled=env.is_main,
@@ -363,11 +361,12 @@ class _Trainer:
             step = p.step + 1
             loss, grad_norm, tokens = self._train_step(step)
             dt = time.perf_counter() - t0
-            self.step_times.append(dt)
             p.step, p.tokens, p.train_time_s = step, p.tokens + tokens, p.train_time_s + dt
             interval_tokens, interval_time = interval_tokens + tokens, interval_time + dt
-            if self.max_steps is None and step >= probe_end:
-                self._fix_max_steps(step, tokens)
+            if self.max_steps is None:
+                self.step_times.append(dt)
+                if step >= probe_end:
+                    self._fix_max_steps(step, tokens)
             lr = float(self._lr)
             if self._skipped:
                 self.log.message(f"step {step}: non-finite loss/gradient (loss {loss}, grad norm {grad_norm}); "
